@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# Creates .venv in the repository root and installs the package (editable) with every extra,
+# plus the Debian packages the bundled corpus needs. Safe to run again: it only adds what is
+# missing.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+need_apt=()
+command -v fluidsynth >/dev/null 2>&1 || need_apt+=(fluidsynth)
+[ -f /usr/share/sounds/sf2/FluidR3_GM.sf2 ] || need_apt+=(fluid-soundfont-gm)
+python3 -c 'import ctypes.util, sys; sys.exit(0 if ctypes.util.find_library("sndfile") else 1)' \
+  || need_apt+=(libsndfile1)
+if [ ${#need_apt[@]} -gt 0 ]; then
+  echo "setup: installing Debian packages: ${need_apt[*]}"
+  SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${need_apt[@]}" >/dev/null
+fi
+
+if [ ! -x .venv/bin/python ]; then
+  python3 -m venv .venv
+  .venv/bin/pip install -q --upgrade pip
+fi
+# Reinstall only when setup.cfg changed since the last successful install.
+stamp=.venv/.trackformer-setup
+if [ ! -f "$stamp" ] || [ setup.cfg -nt "$stamp" ]; then
+  .venv/bin/pip install -q -e ".[data,eval,test]"
+  touch "$stamp"
+fi
