@@ -1,0 +1,455 @@
+"""The bundled multi-stem corpus: music21 scores rendered stem by stem with FluidSynth.
+
+Nothing can be downloaded on the machines this project runs on, yet evaluation needs
+mixtures with their true stems. So the project renders its own: polyphonic scores from
+music21's corpus (Bach chorales first, then other 3-5 part works it ships), each voice
+synthesised *separately* through a General MIDI SoundFont, plus a generated drum part:
+
+* ``vocals``: the top voice, on a voice or lead patch;
+* ``bass``: the lowest voice, on a bass patch;
+* ``other``: the inner voices, each on a randomly drawn instrument;
+* ``drums``: a GM drum-kit part following the piece's meter and tempo.
+
+Instruments, tempo, transposition, velocities, pan, reverb and per-stem gains are drawn
+per track from ``np.random.default_rng((seed, track_index))``, so a corpus is a pure
+function of its seed and size. Output is the MUSDB18-HQ layout::
+
+  <out>/{train,test}/<NNNN>-<score>/{mixture,vocals,bass,drums,other}.wav  + meta.json
+
+at 44.1 kHz stereo, PCM_16. The stems are quantised to 16 bits first and the mixture is
+their integer sum, so ``mixture == vocals + bass + drums + other`` holds *exactly* after
+reading back as float32; a common scale keeps the mixture's peak at most 0.9 full scale,
+so nothing clips. A score goes to ``test`` when the hash of its name falls in the top
+20 %, so no score is in both splits. ``meta.json`` is written last and marks a finished
+track: rerunning skips finished tracks (resumable), and every file is written to a
+temporary name and renamed.
+
+Command line::
+
+  python -m trackformer_jax.data.render --out data/chorales --tracks 24 --seconds 30 -j 2
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import hashlib
+import json
+import multiprocessing
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+from trackformer_jax import audio
+
+SAMPLE_RATE_HZ = 44100
+STEM_NAMES = ("vocals", "bass", "drums", "other")
+DEFAULT_SOUNDFONT = "/usr/share/sounds/sf2/FluidR3_GM.sf2"
+# Quickstart size: the corpus `chorales` builds on first use (about 3 minutes on 2 cores).
+QUICKSTART_TRACKS = 24
+QUICKSTART_SECONDS = 30.0
+# Full default build: 640 tracks x 30 s = 5.3 hours of audio.
+DEFAULT_TRACKS = 640
+DEFAULT_SECONDS = 30.0
+TEST_FRACTION = 0.2
+
+# Composers in the order their works are used: Bach first (the chorales), then other
+# polyphonic music. Only parseable score formats (not analyses such as .rntxt).
+_COMPOSERS = ("bach", "monteverdi", "palestrina", "haydn", "mozart", "beethoven", "trecento")
+_SCORE_EXTENSIONS = (".mxl", ".xml", ".musicxml", ".krn")
+_MIN_PARTS, _MAX_PARTS = 3, 5
+
+# General MIDI programs (0-based), grouped by the role they play.
+_VOCAL_PROGRAMS = (52, 53, 54, 85, 80, 81, 73, 68, 56, 64, 65, 40)
+_BASS_PROGRAMS = (32, 33, 34, 35, 38, 39, 43, 70, 58)
+_INNER_PROGRAMS = (0, 4, 6, 11, 16, 19, 24, 25, 26, 41, 42, 46, 48, 49, 60, 61, 68, 71, 88, 89)
+# GM drum notes.
+_KICK, _SNARE, _HAT, _OPEN_HAT, _RIDE, _CRASH = 36, 38, 42, 46, 51, 49
+_TOMS = (50, 48, 47, 45, 43)
+
+
+def score_paths() -> list[str]:
+  """The ordered list of corpus scores a track index draws from (deterministic)."""
+  from music21 import corpus
+
+  paths = []
+  for composer in _COMPOSERS:
+    found = sorted(str(p) for p in corpus.getComposer(composer))
+    paths.extend(p for p in found if p.endswith(_SCORE_EXTENSIONS))
+  return paths
+
+
+def score_name(path: str) -> str:
+  """A short, filesystem-safe name for a score, e.g. ``bach-bwv1.6``."""
+  p = Path(path)
+  name = f"{p.parent.name}-{p.stem}"
+  return "".join(c if c.isalnum() or c in ".-_" else "_" for c in name)
+
+
+def split_of_song(song: str) -> str:
+  """``train`` or ``test`` from a stable hash of the song's name (80 / 20)."""
+  fraction = int.from_bytes(hashlib.sha1(song.encode()).digest()[:8], "big") / 2**64
+  return "test" if fraction >= 1.0 - TEST_FRACTION else "train"
+
+
+def _load_voices(path: str):
+  """Parses a score into its pitched voices, top first.
+
+  Returns ``(voices, beats_per_bar, beat_quarters, length_quarters)`` where each voice is
+  a list of ``(onset_quarters, duration_quarters, [midi pitches])``, or None when the
+  score is unusable (parse error, too few or too many voices).
+  """
+  from music21 import converter, meter
+
+  try:
+    score = converter.parse(path)
+  except Exception:  # music21 raises many types on odd files; any of them means "skip".
+    return None
+  voices = []
+  for part in score.parts:
+    notes = []
+    for n in part.stripTies().flatten().notes:
+      pitches = [p.midi for p in n.pitches]
+      duration = float(n.duration.quarterLength)
+      if pitches and duration > 0:
+        notes.append((float(n.offset), duration, pitches))
+    if notes:
+      voices.append(notes)
+  if not _MIN_PARTS <= len(voices) <= _MAX_PARTS:
+    return None
+  signatures = list(score.recurse().getElementsByClass(meter.TimeSignature))
+  numerator, denominator = (4, 4)
+  if signatures:
+    numerator, denominator = signatures[0].numerator, signatures[0].denominator
+  # Compound meters (6/8, 9/8, 12/8) have dotted-quarter beats.
+  if denominator == 8 and numerator % 3 == 0 and numerator > 3:
+    beats_per_bar, beat_quarters = numerator // 3, 1.5
+  else:
+    beats_per_bar, beat_quarters = max(numerator, 1), 4.0 / denominator
+  length = max(onset + duration for v in voices for onset, duration, _ in v)
+  return voices, beats_per_bar, beat_quarters, length
+
+
+def _pitched_instrument(
+  pretty_midi,
+  program: int,
+  notes,
+  *,
+  rng,
+  transpose: int,
+  seconds_per_quarter: float,
+  offset_quarters: float,
+  loop_quarters: float,
+  duration_s: float,
+  octave_shift: int = 0,
+):
+  """A pretty_midi instrument playing ``notes`` looped from ``offset_quarters`` on."""
+  instrument = pretty_midi.Instrument(program=program)
+  base_velocity = int(rng.integers(60, 111))
+  instrument.control_changes.append(pretty_midi.ControlChange(10, int(rng.integers(24, 105)), 0.0))
+  instrument.control_changes.append(pretty_midi.ControlChange(91, int(rng.integers(10, 70)), 0.0))
+  repeat = 0
+  while True:
+    shift = repeat * loop_quarters - offset_quarters
+    if shift * seconds_per_quarter >= duration_s:
+      break
+    for onset, duration, pitches in notes:
+      start = (onset + shift) * seconds_per_quarter
+      end = start + duration * seconds_per_quarter * 0.95
+      if end <= 0 or start >= duration_s:
+        continue
+      for pitch in pitches:
+        pitch = int(np.clip(pitch + transpose + 12 * octave_shift, 21, 108))
+        velocity = int(np.clip(base_velocity + rng.integers(-12, 13), 1, 127))
+        instrument.notes.append(pretty_midi.Note(velocity, pitch, max(start, 0.0), end))
+    repeat += 1
+  return instrument
+
+
+def _drum_instrument(
+  pretty_midi, *, rng, beats_per_bar: int, beat_seconds: float, duration_s: float
+):
+  """A GM drum-kit part: kick on strong beats, snare on back-beats, hats or ride."""
+  kit = pretty_midi.Instrument(program=0, is_drum=True)
+  cymbal = _RIDE if rng.random() < 0.3 else _HAT
+  subdivision = int(rng.choice([1, 2, 2, 4]))  # cymbal hits per beat
+  base_velocity = int(rng.integers(60, 105))
+  fill_every = int(rng.choice([4, 8]))
+
+  def hit(note: int, time: float, accent: int = 0):
+    if time < duration_s:
+      velocity = int(np.clip(base_velocity + accent + rng.integers(-10, 11), 1, 127))
+      kit.notes.append(pretty_midi.Note(velocity, note, time, min(time + 0.1, duration_s)))
+
+  bar_seconds = beats_per_bar * beat_seconds
+  num_bars = int(np.ceil(duration_s / bar_seconds))
+  for bar in range(num_bars):
+    bar_start = bar * bar_seconds
+    if bar % fill_every == 0:
+      hit(_CRASH, bar_start, 10)
+    fill = bar % fill_every == fill_every - 1
+    for beat in range(beats_per_bar):
+      t = bar_start + beat * beat_seconds
+      if fill and beat == beats_per_bar - 1:
+        for i, tom in enumerate(_TOMS[:4]):
+          hit(tom, t + i * beat_seconds / 4, 5)
+        continue
+      strong = beat == 0 or (beats_per_bar == 4 and beat == 2)
+      if strong:
+        hit(_KICK, t, 15)
+      elif beats_per_bar >= 2 and (beat % 2 == 1 or beats_per_bar == 3):
+        hit(_SNARE, t, 5)
+      for s in range(subdivision):
+        open_hat = cymbal == _HAT and s == subdivision - 1 and rng.random() < 0.1
+        hit(_OPEN_HAT if open_hat else cymbal, t + s * beat_seconds / subdivision, 0 if s else 8)
+  return kit
+
+
+def _synthesise(
+  pretty_midi, instruments, soundfont: str, workdir: str, name: str, frames: int
+) -> np.ndarray:
+  """Renders instruments with the fluidsynth CLI -> ``float64 [2, frames]``."""
+  midi = pretty_midi.PrettyMIDI(initial_tempo=120.0)
+  midi.instruments.extend(instruments)
+  mid_path = os.path.join(workdir, name + ".mid")
+  wav_path = os.path.join(workdir, name + ".wav")
+  midi.write(mid_path)
+  if not any(i.notes for i in instruments):
+    return np.zeros((2, frames))
+  command = [
+    "fluidsynth",
+    "-ni",
+    "-q",
+    "-g",
+    "0.5",
+    "-r",
+    str(SAMPLE_RATE_HZ),
+    "-O",
+    "float",
+    "-T",
+    "wav",
+    "-F",
+    wav_path,
+    soundfont,
+    mid_path,
+  ]
+  result = subprocess.run(command, capture_output=True, text=True)
+  if result.returncode != 0 or not os.path.exists(wav_path):
+    raise RuntimeError(f"fluidsynth failed on {mid_path}: {result.stderr.strip()[-500:]}")
+  rendered = audio.read_audio(wav_path).astype(np.float64)
+  rendered = audio.convert_channels(rendered, 2, path=wav_path)[:, :frames]
+  return np.pad(rendered, ((0, 0), (0, frames - rendered.shape[1])))
+
+
+def render_track(
+  index: int, out_dir: str, seconds: float, seed: int, soundfont: str, scores: list[str]
+) -> str:
+  """Renders track ``index`` (skipped if already finished); returns its folder."""
+  import pretty_midi
+
+  out = Path(out_dir)
+  for split in ("train", "test"):
+    for done in out.glob(f"{split}/{index:04d}-*/meta.json"):
+      return str(done.parent)
+  rng = np.random.default_rng((seed, index))
+  # Track i uses score i (then again with new draws once the list is used up); a score
+  # that cannot be parsed or has the wrong number of voices passes to the next one.
+  loaded = None
+  for attempt in range(len(scores)):
+    path = scores[(index + attempt) % len(scores)]
+    loaded = _load_voices(path)
+    if loaded is not None:
+      break
+  if loaded is None:
+    raise RuntimeError("no usable score in the music21 corpus")
+  voices, beats_per_bar, beat_quarters, length_quarters = loaded
+  song = score_name(path)
+  split = split_of_song(song)
+  track_dir = out / split / f"{index:04d}-{song}"
+
+  frames = int(round(seconds * SAMPLE_RATE_HZ))
+  quarter_bpm = float(rng.uniform(66.0, 126.0))
+  seconds_per_quarter = 60.0 / quarter_bpm
+  transpose = int(rng.integers(-5, 6))
+  bar_quarters = beats_per_bar * beat_quarters
+  # Long works start at a random bar, so different tracks of one score differ in content.
+  piece_seconds = length_quarters * seconds_per_quarter
+  offset_quarters = 0.0
+  if piece_seconds > 2 * seconds:
+    last_bar = int((length_quarters - seconds / seconds_per_quarter) // bar_quarters)
+    offset_quarters = bar_quarters * int(rng.integers(0, max(last_bar, 0) + 1))
+  # Loop on a whole number of bars, like a repeated verse.
+  loop_quarters = bar_quarters * np.ceil(length_quarters / bar_quarters)
+  common = dict(
+    rng=rng,
+    transpose=transpose,
+    seconds_per_quarter=seconds_per_quarter,
+    offset_quarters=offset_quarters,
+    loop_quarters=loop_quarters,
+    duration_s=seconds,
+  )
+
+  programs = {
+    "vocals": [int(rng.choice(_VOCAL_PROGRAMS))],
+    "bass": [int(rng.choice(_BASS_PROGRAMS))],
+    "other": [int(rng.choice(_INNER_PROGRAMS)) for _ in voices[1:-1]],
+  }
+  bass_mean = np.mean([p for _, _, ps in voices[-1] for p in ps])
+  parts = {
+    "vocals": [_pitched_instrument(pretty_midi, programs["vocals"][0], voices[0], **common)],
+    "bass": [
+      _pitched_instrument(
+        pretty_midi,
+        programs["bass"][0],
+        voices[-1],
+        octave_shift=-1 if bass_mean + transpose > 50 else 0,
+        **common,
+      )
+    ],
+    "other": [
+      _pitched_instrument(pretty_midi, program, voice, **common)
+      for program, voice in zip(programs["other"], voices[1:-1])
+    ],
+    "drums": [
+      _drum_instrument(
+        pretty_midi,
+        rng=rng,
+        beats_per_bar=beats_per_bar,
+        beat_seconds=beat_quarters * seconds_per_quarter,
+        duration_s=seconds,
+      )
+    ],
+  }
+  gains_db = {name: float(rng.uniform(-8.0, 0.0)) for name in STEM_NAMES}
+  peak_target = float(rng.uniform(0.5, 0.9))
+
+  with tempfile.TemporaryDirectory(prefix=f"render-{index:04d}-") as workdir:
+    stems = np.stack(
+      [
+        _synthesise(pretty_midi, parts[name], soundfont, workdir, name, frames)
+        * 10 ** (gains_db[name] / 20)
+        for name in STEM_NAMES
+      ]
+    )  # [4, 2, frames]
+  # A short fade-out, so the cut at `seconds` does not click.
+  fade = min(frames, int(0.05 * SAMPLE_RATE_HZ))
+  stems[..., frames - fade :] *= np.linspace(1.0, 0.0, fade)
+  peak = np.abs(stems.sum(0)).max()
+  scale = peak_target / peak if peak > 0 else 1.0
+  # Quantise each stem, then sum the integers: the mixture equals the stems' sum exactly.
+  stems_int = np.round(stems * scale * 32768).astype(np.int32)
+  stems_int = np.clip(stems_int, -32767, 32767)
+  mixture_int = stems_int.sum(0)
+  assert np.abs(mixture_int).max() <= 32767, "mixture would clip"
+  for name, stem in zip(STEM_NAMES, stems_int):
+    audio.write_audio(track_dir / f"{name}.wav", stem.astype(np.int16), SAMPLE_RATE_HZ)
+  audio.write_audio(track_dir / "mixture.wav", mixture_int.astype(np.int16), SAMPLE_RATE_HZ)
+  meta = dict(
+    index=index,
+    song=song,
+    score=os.path.relpath(path, Path(path).parents[1]),
+    split=split,
+    seed=seed,
+    seconds=seconds,
+    quarter_bpm=quarter_bpm,
+    transpose=transpose,
+    meter=[beats_per_bar, beat_quarters],
+    offset_quarters=offset_quarters,
+    programs=programs,
+    gains_db=gains_db,
+    peak=peak_target,
+    soundfont=os.path.basename(soundfont),
+  )
+  tmp = track_dir / ".meta.json.tmp"
+  tmp.write_text(json.dumps(meta, indent=1))
+  os.replace(tmp, track_dir / "meta.json")
+  return str(track_dir)
+
+
+def render_corpus(
+  out_dir: str | os.PathLike,
+  tracks: int = DEFAULT_TRACKS,
+  seconds: float = DEFAULT_SECONDS,
+  seed: int = 0,
+  jobs: int = 1,
+  soundfont: str = DEFAULT_SOUNDFONT,
+  progress: bool = True,
+) -> list[str]:
+  """Renders tracks ``0 .. tracks-1`` into ``out_dir`` (finished ones are skipped).
+
+  Returns the track folders in index order.
+  """
+  if shutil.which("fluidsynth") is None:
+    raise RuntimeError("the `fluidsynth` program is not installed (Debian package fluidsynth)")
+  if not os.path.isfile(soundfont):
+    raise FileNotFoundError(f"{soundfont}: SoundFont not found (Debian: fluid-soundfont-gm)")
+  if tracks < 1 or seconds <= 0:
+    raise ValueError(f"need tracks >= 1 and seconds > 0, got {tracks}, {seconds}")
+  from tqdm import tqdm
+
+  os.makedirs(out_dir, exist_ok=True)
+  scores = score_paths()
+  work = functools.partial(
+    render_track,
+    out_dir=str(out_dir),
+    seconds=float(seconds),
+    seed=int(seed),
+    soundfont=str(soundfont),
+    scores=scores,
+  )
+  bar = tqdm(total=tracks, desc=f"rendering {out_dir}", unit="track", disable=not progress)
+  folders = {}
+  if jobs <= 1:
+    for index in range(tracks):
+      folders[index] = work(index)
+      bar.update()
+  else:
+    # fork would copy music21's caches; spawn keeps workers clean and the result identical.
+    with multiprocessing.get_context("spawn").Pool(jobs) as pool:
+      for index, folder in zip(range(tracks), pool.imap(work, range(tracks))):
+        folders[index] = folder
+        bar.update()
+  bar.close()
+  return [folders[i] for i in range(tracks)]
+
+
+def main(argv: list[str] | None = None) -> int:
+  parser = argparse.ArgumentParser(
+    prog="python -m trackformer_jax.data.render",
+    description="Render the bundled multi-stem corpus (MUSDB18-HQ layout).",
+  )
+  parser.add_argument("--out", required=True, help="output folder")
+  parser.add_argument(
+    "--tracks",
+    type=int,
+    default=DEFAULT_TRACKS,
+    help=f"number of tracks (default {DEFAULT_TRACKS})",
+  )
+  parser.add_argument(
+    "--seconds",
+    type=float,
+    default=DEFAULT_SECONDS,
+    help=f"length of each track (default {DEFAULT_SECONDS})",
+  )
+  parser.add_argument("--soundfont", default=DEFAULT_SOUNDFONT, help="a General MIDI .sf2")
+  parser.add_argument("--seed", type=int, default=0)
+  parser.add_argument("-j", "--jobs", type=int, default=os.cpu_count() or 1)
+  args = parser.parse_args(argv)
+  try:
+    folders = render_corpus(
+      args.out, args.tracks, args.seconds, args.seed, args.jobs, args.soundfont
+    )
+  except (RuntimeError, FileNotFoundError, ValueError) as e:
+    print(f"error: {e}", file=sys.stderr)
+    return 1
+  print(f"{len(folders)} tracks, {len(folders) * args.seconds / 3600:.2f} h of audio in {args.out}")
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())
