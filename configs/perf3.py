@@ -1,0 +1,17 @@
+"""The seed's recipe on 3 s segments: Performer separator (12 layers, 256 random features per
+head, N = 8 masks), MixIT + diversity + sparsity, batch 4, AdamW (weight decay 0.01) with a short
+warm-up and cosine decay 1e-4 -> 1e-5, mono at 44.1 kHz.
+
+  python -m trackformer_jax.main --config=configs/perf3.py [--config.data=musdb:PATH]
+
+Audio-MAE initialisation is optional: point ``--config.init_from`` at a pre-training workdir.
+"""
+
+from configs import default
+
+
+def get_config():
+  config = default.get_config()
+  config.model.name = "performer"
+  config.segment_seconds = 3.0
+  return config

@@ -1,0 +1,46 @@
+r"""Trains a separator: ``python -m trackformer_jax.main --config=configs/perf30.py``.
+
+Flags only; the work is ``train.train_and_evaluate``. Any config field can be overridden, e.g.
+``--config.batch_size=8 --config.data=musdb:/data/musdb18hq``. ``--workdir`` defaults to
+``runs/<config file stem>``; a run restarted on the same workdir resumes where it stopped.
+"""
+
+import pathlib
+import sys
+
+import jax
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+FLAGS = flags.FLAGS
+config_flags.DEFINE_config_file("config", None, "Path to a config file.", lock_config=True)
+flags.DEFINE_string("workdir", None, "Where checkpoints and metrics go (default runs/<config>).")
+flags.mark_flags_as_required(["config"])
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+  # Imported after flag parsing so that --help stays fast.
+  from trackformer_jax import checkpoints, train
+
+  config_path = config_flags.get_config_filename(FLAGS["config"])
+  workdir = FLAGS.workdir or str(pathlib.Path("runs") / pathlib.Path(config_path).stem)
+  logging.info(
+    "JAX process %d/%d, devices: %s", jax.process_index(), jax.process_count(), jax.devices()
+  )
+  try:
+    train.train_and_evaluate(FLAGS.config, workdir)
+  except (
+    train.ConfigError,
+    train.NonFiniteError,
+    train.WorkdirError,
+    checkpoints.CheckpointError,
+  ) as error:
+    # One line naming the problem; a traceback would only bury it.
+    print(f"error: {error}", file=sys.stderr)
+    sys.exit(2)
+
+
+if __name__ == "__main__":
+  app.run(main)
