@@ -1,0 +1,406 @@
+"""Data sources: a data spec string -> a :class:`Source` holding tracks with segment readers.
+
+Specs (the same syntax as ``config.data`` and evaluate's ``--data``)::
+
+  chorales            the bundled corpus at <repo>/data/chorales, rendered on first use
+  chorales:PATH       a corpus rendered by ``python -m trackformer_jax.data.render``
+  musdb:PATH          MUSDB18-HQ: PATH/{train,test}/<track>/{mixture,vocals,bass,drums,other}.wav
+  moisesdb:PATH       MOISESDB: PATH[/moisesdb_v0.1]/<uuid>/data.json + <stem>/<source>.wav
+  moisesdb4:PATH      MOISESDB, only songs that have all four of vocals/bass/drums/other
+  folder:PATH         any audio files under PATH, recursively; unlabeled (no stems)
+
+Splits ("train", "validation", "test"), all by song so that no song is in two splits:
+
+* ``musdb``: train = ``train/`` minus the standard 14-track validation subset,
+  validation = that subset, test = ``test/``.
+* ``chorales``: the renderer already put 20 % of the scores (by hash) in ``test/``:
+  train = ``train/``; validation and test = ``test/``.
+* ``moisesdb``, ``folder``: 80 % / 20 % by a stable hash of the song id (the seed's
+  protocol): train = the 80 %; validation and test = the held-out 20 %.
+
+Every track reads at the source's ``sample_rate_hz`` and ``channels`` (resampled and
+converted by :mod:`trackformer_jax.audio`), one segment at a time.
+
+Bad tracks (missing or unreadable files, empty, truncated, stems of different lengths or
+sample rates) are skipped with a warning and counted in ``Source.skipped``; with
+``strict=True`` the first one raises :class:`DataError` instead, and every file is also
+scanned for NaN/inf samples, so that a bad corpus fails before training starts.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import logging
+import os
+from pathlib import Path
+
+import numpy as np
+
+from trackformer_jax import audio
+
+STEM_NAMES = ("vocals", "bass", "drums", "other")
+SPLITS = ("train", "validation", "test")
+AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg", ".mp3", ".aiff", ".aif")
+HOLDOUT_FRACTION = 0.2
+
+# The standard MUSDB18 validation subset of its train folder (as used by the musdb package
+# and the SiSEC/MDX evaluations).
+MUSDB_VALIDATION_TRACKS = (
+  "Actions - One Minute Smile",
+  "Clara Berry And Wooldog - Waltz For My Victims",
+  "Johnny Lokke - Promises & Lies",
+  "Patrick Talbot - A Reason To Leave",
+  "Triviul - Angelsaint",
+  "Alexander Ross - Goodbye Bolero",
+  "Fergessen - Nos Palpitants",
+  "Leaf - Summerghost",
+  "Skelpolu - Human Mistakes",
+  "Young Griffo - Pennies",
+  "ANiMAL - Rockshow",
+  "James May - On The Line",
+  "Meaxic - Take A Step",
+  "Traffic Experiment - Sirens",
+)
+
+# MOISESDB's 11 stem kinds -> the four MUSDB stems; everything not vocals, bass or drums
+# (percussion included, as MOISESDB's own 4-stem mapping does) is "other".
+MOISESDB_STEM_MAP = {
+  "vocals": "vocals",
+  "bass": "bass",
+  "drums": "drums",
+  "percussion": "other",
+  "guitar": "other",
+  "piano": "other",
+  "other_keys": "other",
+  "other_plucked": "other",
+  "bowed_strings": "other",
+  "wind": "other",
+  "other": "other",
+}
+
+log = logging.getLogger(__name__)
+
+
+class DataError(ValueError):
+  """A data spec or corpus that cannot be used; the message names the path and problem."""
+
+
+def holdout_fraction(song_id: str) -> float:
+  """A stable number in [0, 1) from a song id (sha1, not Python's salted ``hash``)."""
+  return int.from_bytes(hashlib.sha1(song_id.encode()).digest()[:8], "big") / 2**64
+
+
+def hash_split(song_id: str) -> str:
+  """``train`` for 80 % of songs, ``validation`` for the held-out 20 %."""
+  return "validation" if holdout_fraction(song_id) >= 1.0 - HOLDOUT_FRACTION else "train"
+
+
+@dataclasses.dataclass(frozen=True)
+class Track:
+  """One song (or one file) of a source, read at the source's rate and channel count.
+
+  ``mixture_files`` are summed to make the mixture (one file for MUSDB and folders, all
+  stem files for MOISESDB). ``stem_files`` holds, per stem in ``STEM_NAMES`` order, the
+  files summed into that stem (an empty group is a silent stem), or None when unlabeled.
+  ``num_frames`` counts frames at ``sample_rate_hz``.
+  """
+
+  track_id: str
+  song_id: str
+  split: str
+  num_frames: int
+  sample_rate_hz: int
+  channels: int
+  mixture_files: tuple[str, ...]
+  stem_files: tuple[tuple[str, ...], ...] | None = None
+
+  @property
+  def has_stems(self) -> bool:
+    return self.stem_files is not None
+
+  @property
+  def duration_seconds(self) -> float:
+    return self.num_frames / self.sample_rate_hz
+
+  def _read_sum(self, files: tuple[str, ...], start: int, frames: int) -> np.ndarray:
+    total = np.zeros((self.channels, frames), np.float32)
+    for path in files:
+      total += audio.read_audio(
+        path,
+        start_frame=start,
+        num_frames=frames,
+        sample_rate_hz=self.sample_rate_hz,
+        channels=self.channels,
+      )
+    return total
+
+  def read_mixture(self, start: int = 0, frames: int | None = None) -> np.ndarray:
+    """The mixture's frames ``[start, start + frames)`` -> ``float32 [channels, frames]``
+    (zero-padded past the end; ``frames=None`` reads to the end)."""
+    frames = self.num_frames - start if frames is None else frames
+    return self._read_sum(self.mixture_files, start, frames)
+
+  def read_stems(self, start: int = 0, frames: int | None = None) -> np.ndarray | None:
+    """The stems -> ``float32 [4, channels, frames]`` (vocals, bass, drums, other), or None."""
+    if self.stem_files is None:
+      return None
+    frames = self.num_frames - start if frames is None else frames
+    return np.stack([self._read_sum(group, start, frames) for group in self.stem_files])
+
+
+@dataclasses.dataclass
+class Source:
+  """A parsed data spec: its valid tracks and the bad ones that were skipped."""
+
+  spec: str
+  kind: str
+  root: str
+  sample_rate_hz: int
+  channels: int
+  tracks: list[Track]
+  skipped: list[tuple[str, str]]  # (track path, problem)
+
+  @property
+  def has_stems(self) -> bool:
+    return bool(self.tracks) and all(t.has_stems for t in self.tracks)
+
+  def split(self, name: str) -> list[Track]:
+    """The tracks of one split, in a stable (sorted by id) order."""
+    if name not in SPLITS:
+      raise DataError(f"{self.spec}: unknown split {name!r}; expected one of {SPLITS}")
+    return [t for t in self.tracks if t.split == name or (name == "test" and self._test_is(t))]
+
+  def _test_is(self, track: Track) -> bool:
+    # Where a source has no separate test set, its held-out 20 % serves as both.
+    return self.kind in ("moisesdb", "folder", "chorales") and track.split == "validation"
+
+
+def _track_from_files(
+  track_id: str,
+  song_id: str,
+  split: str,
+  mixture_files: list[str],
+  stem_files: list[list[str]] | None,
+  *,
+  sample_rate_hz: int,
+  channels: int,
+  strict: bool,
+) -> Track:
+  """Checks a track's files agree with each other; raises AudioError/DataError if not."""
+  files = list(mixture_files)
+  if stem_files is not None:
+    files += [f for group in stem_files for f in group]
+  infos = [audio.verify_audio(f) if strict else audio.audio_info(f) for f in dict.fromkeys(files)]
+  rates = {i.sample_rate_hz for i in infos}
+  if len(rates) > 1:
+    detail = ", ".join(f"{Path(i.path).name}: {i.sample_rate_hz} Hz" for i in infos)
+    raise DataError(f"{infos[0].path}: stems have different sample rates ({detail})")
+  lengths = {i.frames for i in infos}
+  if len(lengths) > 1:
+    detail = ", ".join(f"{Path(i.path).name}: {i.frames}" for i in infos)
+    raise DataError(f"{infos[0].path}: stems have different lengths in frames ({detail})")
+  info = infos[0]
+  return Track(
+    track_id=track_id,
+    song_id=song_id,
+    split=split,
+    num_frames=audio.output_frames(info.frames, info.sample_rate_hz, sample_rate_hz),
+    sample_rate_hz=sample_rate_hz,
+    channels=channels,
+    mixture_files=tuple(mixture_files),
+    stem_files=None if stem_files is None else tuple(tuple(g) for g in stem_files),
+  )
+
+
+def _never_empty_split(tracks: list[Track]) -> list[Track]:
+  """With few songs the 80/20 hash can leave a split empty: then the song with the most
+  extreme hash moves over, so both splits exist whenever there are two songs."""
+  songs = sorted({t.song_id for t in tracks}, key=holdout_fraction)
+  if len(songs) < 2:
+    return tracks
+  splits = {t.split for t in tracks}
+  move = None
+  if "validation" not in splits:
+    move = (songs[-1], "validation")
+  elif "train" not in splits:
+    move = (songs[0], "train")
+  if move is None:
+    return tracks
+  return [dataclasses.replace(t, split=move[1]) if t.song_id == move[0] else t for t in tracks]
+
+
+def _musdb_layout_candidates(root: Path, kind: str):
+  """Yields ``(track_id, song_id, split, mixture_files, stem_files)`` for a MUSDB layout."""
+  if not (root / "train").is_dir() and not (root / "test").is_dir():
+    raise DataError(
+      f"{root}: wrong layout for {kind}: expected {root}/train/<track>/mixture.wav "
+      "(and test/), found neither train/ nor test/"
+    )
+  validation = set(MUSDB_VALIDATION_TRACKS) if kind == "musdb" else set()
+  for folder in ("train", "test"):
+    if not (root / folder).is_dir():
+      continue
+    for track_dir in sorted(p for p in (root / folder).iterdir() if p.is_dir()):
+      name = track_dir.name
+      song = name
+      meta = track_dir / "meta.json"
+      if meta.is_file():
+        try:
+          song = json.loads(meta.read_text()).get("song", name)
+        except (json.JSONDecodeError, OSError, AttributeError):
+          pass
+      if folder == "test":
+        split = "validation" if kind == "chorales" else "test"
+      else:
+        split = "validation" if name in validation else "train"
+      mixture = [str(track_dir / "mixture.wav")]
+      stems = [[str(track_dir / f"{stem}.wav")] for stem in STEM_NAMES]
+      yield f"{folder}/{name}", song, split, mixture, stems
+
+
+def _moisesdb_candidates(root: Path, all_four_only: bool):
+  """Yields MOISESDB tracks; ``<root>/moisesdb_v0.1/`` may be given or implied."""
+  if (root / "moisesdb_v0.1").is_dir():
+    root = root / "moisesdb_v0.1"
+  track_dirs = sorted(p for p in root.iterdir() if p.is_dir() and (p / "data.json").is_file())
+  if not track_dirs:
+    raise DataError(
+      f"{root}: wrong layout for moisesdb: expected <root>/moisesdb_v0.1/<track>/data.json "
+      "with one folder per stem; no data.json found"
+    )
+  for track_dir in track_dirs:
+    song = track_dir.name
+    try:
+      meta = json.loads((track_dir / "data.json").read_text())
+      if meta.get("artist") or meta.get("song"):
+        song = f"{meta.get('artist', '')} - {meta.get('song', '')}"
+    except (json.JSONDecodeError, OSError, AttributeError) as e:
+      yield track_dir.name, song, None, f"{track_dir / 'data.json'}: unreadable JSON ({e})", None
+      continue
+    groups: dict[str, list[str]] = {stem: [] for stem in STEM_NAMES}
+    for stem_dir in sorted(p for p in track_dir.iterdir() if p.is_dir()):
+      target = MOISESDB_STEM_MAP.get(stem_dir.name, "other")
+      groups[target].extend(
+        str(f) for f in sorted(stem_dir.iterdir()) if f.suffix.lower() in AUDIO_EXTENSIONS
+      )
+    files = [f for g in groups.values() for f in g]
+    if not files:
+      yield track_dir.name, song, None, f"{track_dir}: no stem audio files", None
+      continue
+    if all_four_only and not all(groups[s] for s in STEM_NAMES):
+      missing = [s for s in STEM_NAMES if not groups[s]]
+      yield track_dir.name, song, None, None, f"lacks {', '.join(missing)}"
+      continue
+    yield track_dir.name, song, hash_split(song), files, [groups[s] for s in STEM_NAMES]
+
+
+def _folder_candidates(root: Path):
+  files = sorted(p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in AUDIO_EXTENSIONS)
+  if not files:
+    raise DataError(f"{root}: no audio files ({', '.join(AUDIO_EXTENSIONS)}) found under it")
+  for f in files:
+    rel = str(f.relative_to(root))
+    yield rel, rel, hash_split(rel), [str(f)], None
+
+
+def default_chorales_dir() -> Path:
+  """Where the bundled corpus lives: ``<repo>/data/chorales``."""
+  return Path(__file__).resolve().parents[2] / "data" / "chorales"
+
+
+def _ensure_default_chorales() -> Path:
+  from trackformer_jax.data import render
+
+  root = default_chorales_dir()
+  # Rendering is resumable and skips finished tracks, so this is cheap once built.
+  if len(list(root.glob("*/*/meta.json"))) < render.QUICKSTART_TRACKS:
+    log.warning("Building the bundled corpus in %s (first use, a few minutes).", root)
+    render.render_corpus(
+      root,
+      tracks=render.QUICKSTART_TRACKS,
+      seconds=render.QUICKSTART_SECONDS,
+      seed=0,
+      jobs=os.cpu_count() or 1,
+    )
+  return root
+
+
+def parse_spec(spec: str) -> tuple[str, Path | None]:
+  """``"musdb:/data/x" -> ("musdb", Path("/data/x"))``; raises DataError if malformed."""
+  kind, _, path = spec.partition(":")
+  kinds = ("chorales", "musdb", "moisesdb", "moisesdb4", "folder")
+  if kind not in kinds:
+    raise DataError(f"data spec {spec!r}: unknown kind {kind!r}; expected one of {kinds}")
+  if not path:
+    if kind != "chorales":
+      raise DataError(f"data spec {spec!r}: {kind} needs a path, e.g. {kind}:/data/{kind}")
+    return kind, None
+  return kind, Path(os.path.expanduser(path))
+
+
+def open_source(spec: str, *, sample_rate_hz: int, channels: int, strict: bool = False) -> Source:
+  """Parses a data spec, lists its tracks and checks their headers.
+
+  A bad track is skipped with a warning (``Source.skipped``) unless ``strict``, where it
+  raises DataError; ``strict`` also scans every sample for NaN/inf.
+  """
+  kind, root = parse_spec(spec)
+  if root is None:
+    root = _ensure_default_chorales()
+  if not root.exists():
+    raise DataError(f"{root}: data root does not exist (from data spec {spec!r})")
+  if not root.is_dir():
+    raise DataError(f"{root}: data root is not a folder (from data spec {spec!r})")
+  if kind in ("musdb", "chorales"):
+    candidates = _musdb_layout_candidates(root, kind)
+  elif kind in ("moisesdb", "moisesdb4"):
+    candidates = _moisesdb_candidates(root, all_four_only=kind == "moisesdb4")
+  else:
+    candidates = _folder_candidates(root)
+  tracks, skipped = [], []
+  for track_id, song_id, split, mixture_files, stem_files in candidates:
+    if split is None:  # rejected while listing: mixture_files holds the problem, if any
+      if mixture_files is not None:
+        problem = mixture_files
+        if strict:
+          raise DataError(problem)
+        log.warning("Skipping track: %s", problem)
+        skipped.append((track_id, problem))
+      else:
+        log.info("Leaving out %s: %s", track_id, stem_files)
+      continue
+    try:
+      tracks.append(
+        _track_from_files(
+          track_id,
+          song_id,
+          split,
+          mixture_files,
+          stem_files,
+          sample_rate_hz=sample_rate_hz,
+          channels=channels,
+          strict=strict,
+        )
+      )
+    except (audio.AudioError, DataError) as e:
+      if strict:
+        raise DataError(f"{e} (track {track_id!r} of {spec!r}; strict data)") from None
+      log.warning("Skipping track %s: %s", track_id, e)
+      skipped.append((track_id, str(e)))
+  if skipped:
+    log.warning("%s: skipped %d bad track(s) of %d", spec, len(skipped), len(skipped) + len(tracks))
+  if not tracks:
+    raise DataError(f"{root}: no usable tracks in {spec!r} ({len(skipped)} skipped)")
+  if kind in ("moisesdb", "moisesdb4", "folder"):
+    tracks = _never_empty_split(tracks)
+  return Source(
+    spec=spec,
+    kind="moisesdb" if kind == "moisesdb4" else kind,
+    root=str(root),
+    sample_rate_hz=sample_rate_hz,
+    channels=channels,
+    tracks=tracks,
+    skipped=skipped,
+  )

@@ -1,0 +1,332 @@
+"""tf.data input pipeline: mixtures of mixtures (MixIT) from any data source.
+
+Order (docs/architecture.md): track index -> shard per host -> shuffle -> repeat -> random
+crop -> drop near-silent crops -> mixture of mixtures -> batch -> prefetch.
+
+The first four steps are arithmetic on indices, done in numpy so that example ``i`` is a
+pure function of ``(seed, host, i)``: the host's tracks are put in a fresh seeded order
+every epoch (shuffle + repeat), and example ``i`` takes the tracks at positions ``2i`` and
+``2i + 1`` of that endless stream. This is what lets training resume *bitwise* at any step
+without replaying the stream. tf.data then runs the decoding (``tf.numpy_function``
+calling :func:`trackformer_jax.audio.read_audio` on just the crop) on parallel threads
+with ``deterministic=True``, batches and prefetches, so decoding never happens in the
+train step and memory is bounded by the crop length, not the songs' lengths.
+
+Each batch is a dict of numpy arrays::
+
+  mom       float32 [B, C, T]        the mixture of mixtures, exactly mixtures.sum(1)
+  mixtures  float32 [B, 2, C, T]     two crops from different songs
+  stems     float32 [B, 2, 4, C, T]  (only when the source has stems) vocals, bass,
+                                     drums, other of each mixture; they sum to it
+
+with ``T = round(segment_seconds * sample_rate_hz)`` and ``C = channels``. Where a source
+has stems, each mixture *is* the sum of its stems (MUSDB's mixture.wav differs from that
+sum only by rounding), so the stems are exact references for evaluation.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+import time
+from collections.abc import Iterator
+
+import jax
+import numpy as np
+import tensorflow as tf
+
+from trackformer_jax import audio
+from trackformer_jax.data import sources
+
+log = logging.getLogger(__name__)
+
+# Evaluation examples do not depend on the training seed, so runs with different seeds
+# are scored on the same examples.
+EVAL_SEED = 20240917
+# Redraws before giving up on finding a crop louder than the silence threshold (the last
+# crop is then used as is: the pipeline never dies because a corpus is quiet).
+_MAX_CROP_ATTEMPTS = 12
+# After this many silent crops of one track, draw a different track.
+_ATTEMPTS_PER_TRACK = 4
+
+# The pipeline's own threads are enough; TF must not reserve an accelerator JAX needs.
+try:
+  tf.config.set_visible_devices([], "GPU")
+except (RuntimeError, ValueError):  # already initialised by the caller: nothing to do
+  pass
+
+
+@dataclasses.dataclass(frozen=True)
+class Augment:
+  """Per-mixture augmentations (``config.augment``); all off for evaluation."""
+
+  gain_db: tuple[float, float] | None = None
+  channel_swap: bool = False
+  polarity: bool = False
+  remix_stems: bool = False
+
+  @classmethod
+  def from_config(cls, augment) -> Augment:
+    if augment is None:
+      return cls()
+    gain = augment.get("gain_db", None)
+    return cls(
+      gain_db=None if gain is None else (float(gain[0]), float(gain[1])),
+      channel_swap=bool(augment.get("channel_swap", False)),
+      polarity=bool(augment.get("polarity", False)),
+      remix_stems=bool(augment.get("remix_stems", False)),
+    )
+
+
+def rms_db(x: np.ndarray) -> float:
+  """RMS level of ``x`` in dBFS (-inf-safe)."""
+  return 10.0 * math.log10(float(np.mean(np.square(x, dtype=np.float64))) + 1e-20)
+
+
+@dataclasses.dataclass(frozen=True)
+class ExampleMaker:
+  """Builds example ``i`` of one host's stream, a pure function of ``(seed, host, i)``."""
+
+  tracks: tuple[sources.Track, ...]
+  segment_frames: int
+  channels: int
+  seed: int
+  host: int
+  silence_threshold_db: float
+  augment: Augment
+  with_stems: bool
+
+  def track_at(self, position: int) -> int:
+    """Shuffle + repeat: a fresh seeded order of the tracks for every epoch."""
+    n = len(self.tracks)
+    epoch, offset = divmod(int(position), n)
+    order = np.random.default_rng((self.seed, self.host, 1, epoch)).permutation(n)
+    return int(order[offset])
+
+  def _crop(self, track: sources.Track, rng: np.random.Generator) -> np.ndarray:
+    """A random crop -> ``[4, C, T]`` stems, or ``[1, C, T]`` mixture when unlabeled."""
+    start = int(rng.integers(0, max(track.num_frames - self.segment_frames, 0) + 1))
+    if self.with_stems:
+      return track.read_stems(start, self.segment_frames)
+    return track.read_mixture(start, self.segment_frames)[None]
+
+  def _loud_crop(self, index: int, slot: int, first: int, avoid_song: str | None):
+    """A crop above the silence threshold from track ``first`` (or a redrawn one)."""
+    track_index = first
+    crop = None
+    for attempt in range(_MAX_CROP_ATTEMPTS):
+      rng = np.random.default_rng((self.seed, self.host, 2, index, slot, attempt))
+      if attempt and attempt % _ATTEMPTS_PER_TRACK == 0:
+        track_index = self._other_track(rng, avoid_song)
+      track = self.tracks[track_index]
+      try:
+        crop = self._crop(track, rng)
+      except audio.AudioError as e:
+        # A file that broke after the source was opened: warn, and draw another track.
+        _warn_once(track.track_id, str(e))
+        track_index = self._other_track(rng, avoid_song)
+        continue
+      if rms_db(crop.sum(0)) >= self.silence_threshold_db:
+        break
+    if crop is None:
+      raise audio.AudioError(self.tracks[first].mixture_files[0], "no readable crop")
+    return track_index, crop
+
+  def _other_track(self, rng: np.random.Generator, avoid_song: str | None) -> int:
+    candidates = [i for i, t in enumerate(self.tracks) if t.song_id != avoid_song]
+    return int(rng.choice(candidates or range(len(self.tracks))))
+
+  def _augment(self, stems: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Gain, channel swap, polarity on ``[K, C, T]``: the same for every stem of a mixture."""
+    a = self.augment
+    if a.gain_db is not None:
+      stems = stems * np.float32(10 ** (rng.uniform(*a.gain_db) / 20))
+    if a.channel_swap and stems.shape[1] == 2 and rng.random() < 0.5:
+      stems = stems[:, ::-1]
+    if a.polarity and rng.random() < 0.5:
+      stems = -stems
+    return np.ascontiguousarray(stems, dtype=np.float32)
+
+  def __call__(self, index: int) -> dict[str, np.ndarray]:
+    index = int(index)
+    parts = []
+    first_song = None
+    for slot in range(2):
+      track_index = self.track_at(2 * index + slot)
+      if slot == 1 and self.tracks[track_index].song_id == first_song:
+        # Two crops of one song would make MixIT's task ill-posed: take another song.
+        rng = np.random.default_rng((self.seed, self.host, 3, index))
+        track_index = self._other_track(rng, first_song)
+      track_index, crop = self._loud_crop(index, slot, track_index, first_song)
+      if self.augment.remix_stems and self.with_stems:
+        # Stems 1..3 (bass, drums, other) from other random tracks: new combinations of
+        # real parts, as a remixed song would be.
+        rng = np.random.default_rng((self.seed, self.host, 4, index, slot))
+        for k in range(1, len(sources.STEM_NAMES)):
+          _, donor = self._loud_crop(index, 10 * (slot + 1) + k, self._other_track(rng, None), None)
+          crop[k] = donor[k]
+      first_song = self.tracks[track_index].song_id
+      rng = np.random.default_rng((self.seed, self.host, 5, index, slot))
+      parts.append(self._augment(crop, rng))
+    parts = np.stack(parts)  # [2, K, C, T]
+    mixtures = parts.sum(1)
+    example = {"mom": mixtures[0] + mixtures[1], "mixtures": mixtures}
+    if self.with_stems:
+      example["stems"] = parts
+    return example
+
+
+_warned: set[str] = set()
+
+
+def _warn_once(track_id: str, message: str) -> None:
+  if track_id not in _warned:
+    _warned.add(track_id)
+    log.warning("Skipping a crop of %s: %s", track_id, message)
+
+
+def open_config_source(config) -> sources.Source:
+  """``config.data`` through :func:`sources.open_source` at the config's rate and channels."""
+  return sources.open_source(
+    config.data,
+    sample_rate_hz=int(config.sample_rate_hz),
+    channels=int(config.channels),
+    strict=bool(config.get("strict_data", False)),
+  )
+
+
+def segment_frames(config) -> int:
+  return int(round(config.segment_seconds * config.sample_rate_hz))
+
+
+def _dataset(maker: ExampleMaker, indices: tf.data.Dataset, batch_size: int, drop_remainder: bool):
+  """indices -> parallel deterministic decode -> batch -> prefetch."""
+  keys = ["mom", "mixtures"] + (["stems"] if maker.with_stems else [])
+  c, t = maker.channels, maker.segment_frames
+  shapes = {"mom": (c, t), "mixtures": (2, c, t), "stems": (2, 4, c, t)}
+
+  def make(i):
+    example = maker(int(i))
+    return tuple(example[k] for k in keys)
+
+  def decode(i):
+    arrays = tf.numpy_function(make, [i], [tf.float32] * len(keys), stateful=False)
+    return {k: tf.ensure_shape(a, shapes[k]) for k, a in zip(keys, arrays)}
+
+  ds = indices.map(decode, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+  ds = ds.batch(batch_size, drop_remainder=drop_remainder)
+  return ds.prefetch(tf.data.AUTOTUNE)
+
+
+def _host_tracks(tracks: list[sources.Track], host: int, hosts: int) -> list[sources.Track]:
+  # Shard by track so hosts read different files; a corpus too small to give each host
+  # two songs is shared whole (the host index still makes the streams differ).
+  shard = tracks[host::hosts]
+  return shard if len({t.song_id for t in shard}) >= 2 else tracks
+
+
+def train_batches(config, start_step: int = 0) -> Iterator[dict[str, np.ndarray]]:
+  """The endless training stream for this host, starting at batch ``start_step``.
+
+  Batch ``s`` depends only on ``(config.seed, s, jax.process_index())``. Per-host batch
+  size is ``config.batch_size // jax.process_count()``. The source is opened (and, with
+  ``config.strict_data``, fully checked) here, before the first batch is asked for.
+  """
+  host, hosts = jax.process_index(), jax.process_count()
+  batch_size = config.batch_size // hosts
+  if batch_size < 1:
+    raise ValueError(f"config.batch_size={config.batch_size} < {hosts} hosts")
+  source = open_config_source(config)
+  tracks = source.split("train")
+  if not tracks:
+    raise sources.DataError(f"{config.data}: the train split is empty")
+  tracks = _host_tracks(tracks, host, hosts)
+  if len({t.song_id for t in tracks}) < 2:
+    log.warning("%s: one song only; mixtures of mixtures will mix it with itself", config.data)
+  maker = ExampleMaker(
+    tracks=tuple(tracks),
+    segment_frames=segment_frames(config),
+    channels=int(config.channels),
+    seed=int(config.seed),
+    host=host,
+    silence_threshold_db=float(config.silence_threshold_db),
+    augment=Augment.from_config(config.get("augment", None)),
+    with_stems=source.has_stems,
+  )
+  indices = tf.data.Dataset.range(int(start_step) * batch_size, np.iinfo(np.int64).max)
+  return _dataset(maker, indices, batch_size, drop_remainder=True).as_numpy_iterator()
+
+
+class EvalBatches:
+  """A fixed set of evaluation batches, re-decoded on each pass (memory stays bounded).
+
+  ``num_eval_examples`` is rounded up to whole batches; host ``h`` of ``P`` gets examples
+  ``h, h + P, ...`` in batches of ``batch_size // P``. No augmentation; the examples depend
+  on ``EVAL_SEED`` only, never the training seed.
+  """
+
+  def __init__(self, config, split: str = "validation"):
+    host, hosts = jax.process_index(), jax.process_count()
+    self.batch_size = max(config.batch_size // hosts, 1)
+    source = open_config_source(config)
+    tracks = source.split(split)
+    if not tracks:
+      raise sources.DataError(f"{config.data}: the {split!r} split is empty")
+    self.has_stems = source.has_stems
+    self.num_batches = max(math.ceil(config.num_eval_examples / config.batch_size), 1)
+    self._host, self._hosts = host, hosts
+    self._maker = ExampleMaker(
+      tracks=tuple(tracks),
+      segment_frames=segment_frames(config),
+      channels=int(config.channels),
+      seed=EVAL_SEED,
+      host=0,
+      silence_threshold_db=float(config.silence_threshold_db),
+      augment=Augment(),
+      with_stems=source.has_stems,
+    )
+
+  def __len__(self) -> int:
+    return self.num_batches
+
+  def __iter__(self) -> Iterator[dict[str, np.ndarray]]:
+    total = self.num_batches * self.batch_size * self._hosts
+    indices = tf.data.Dataset.range(self._host, total, self._hosts)
+    return _dataset(self._maker, indices, self.batch_size, drop_remainder=True).as_numpy_iterator()
+
+
+def eval_batches(config, split: str = "validation") -> EvalBatches:
+  """The fixed evaluation batches of ``split`` (an iterable; iterate it once per eval)."""
+  return EvalBatches(config, split)
+
+
+def run_pipeline_benchmark(config, num_batches: int = 20) -> dict:
+  """Training-pipeline throughput: times ``num_batches`` batches after a warm-up batch.
+
+  Returns a dict: ``batches_per_second``, ``examples_per_second``,
+  ``audio_seconds_per_second`` (mixture-of-mixture audio made per wall second),
+  ``first_batch_seconds`` (opening the source and the first decode), and the sizes used.
+  """
+  t0 = time.perf_counter()
+  stream = train_batches(config)
+  first = next(stream)
+  t1 = time.perf_counter()
+  for _ in range(num_batches):
+    next(stream)
+  t2 = time.perf_counter()
+  batch = first["mom"].shape[0]
+  rate = num_batches / (t2 - t1)
+  return {
+    "data": config.data,
+    "segment_seconds": float(config.segment_seconds),
+    "sample_rate_hz": int(config.sample_rate_hz),
+    "channels": int(config.channels),
+    "batch_size": int(batch),
+    "num_batches": int(num_batches),
+    "has_stems": "stems" in first,
+    "first_batch_seconds": t1 - t0,
+    "batches_per_second": rate,
+    "examples_per_second": rate * batch,
+    "audio_seconds_per_second": rate * batch * float(config.segment_seconds),
+  }
