@@ -5,6 +5,7 @@ Flags only; the work is ``train.train_and_evaluate``. Any config field can be ov
 ``runs/<config file stem>``; a run restarted on the same workdir resumes where it stopped.
 """
 
+import logging as python_logging
 import pathlib
 import sys
 
@@ -18,12 +19,20 @@ flags.DEFINE_string("workdir", None, "Where checkpoints and metrics go (default 
 flags.mark_flags_as_required(["config"])
 
 
+class _QuietCheckpointLogs(python_logging.Filter):
+  """Drops orbax's INFO chatter (a dozen lines per save) so progress lines stay readable."""
+
+  def filter(self, record: python_logging.LogRecord) -> bool:
+    return record.levelno >= python_logging.WARNING or "/orbax/" not in record.pathname
+
+
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
   # Imported after flag parsing so that --help stays fast.
   from trackformer_jax import checkpoints, train
 
+  logging.get_absl_handler().addFilter(_QuietCheckpointLogs())
   config_path = config_flags.get_config_filename(FLAGS["config"])
   workdir = FLAGS.workdir or str(pathlib.Path("runs") / pathlib.Path(config_path).stem)
   logging.info(

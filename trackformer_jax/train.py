@@ -23,7 +23,7 @@ import os
 import pathlib
 import resource
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any
 
 import flax
@@ -43,6 +43,9 @@ from trackformer_jax import checkpoints
 STEM_NAMES = ("vocals", "bass", "drums", "other")
 DATA_KINDS = ("chorales", "moisesdb", "musdb", "folder")
 SPARSITY_KINDS = ("rms_ratio", "entropy")
+# The stem SI-SNR given to an estimate worse than this, e.g. a stem that MixIT's best
+# assignment left without any output (see eval_step).
+STEM_SI_SNR_FLOOR_DB = -30.0
 
 
 class ConfigError(ValueError):
@@ -375,20 +378,20 @@ def eval_step(
   *,
   model: nn.Module,
   config: ml_collections.ConfigDict,
-  has_stems: bool,
 ) -> dict[str, jax.Array]:
   """Per-example validation scores (host code averages them, dropping padded examples).
 
   Args:
-    batch: ``mom`` [B, C, T], ``mixtures`` [B, 2, C, T] and, when ``has_stems``, ``stems``
-      [B, 2, 4, C, T] (the four stems of each of the two mixtures).
+    batch: ``mom`` [B, C, T], ``mixtures`` [B, 2, C, T] and, where the data has them,
+      ``stems`` [B, 2, 4, C, T] (the four stems of each of the two mixtures).
 
   Returns:
     ``mixit_loss`` [B]; ``mom_si_snri_db`` [B] (the two mixtures rebuilt from the outputs on the
     mixture of mixtures by the best MixIT assignment); ``mask_overlap`` [B]
     (``diversity_loss`` of the masks) and ``effective_masks`` [B]; with stems, each single
     mixture is separated and its 4 stems rebuilt by the best assignment (MixIT with K = 4):
-    ``stem_si_snri_db`` [B, 2, 4], ``usdr_db`` [B, 2, 4], ``stem_active`` [B, 2, 4] (1 where
+    ``stem_si_snri_db`` [B, 2, 4] (the estimate's SI-SNR floored at ``STEM_SI_SNR_FLOOR_DB``,
+    minus the unprocessed mixture's), ``usdr_db`` [B, 2, 4], ``stem_active`` [B, 2, 4] (1 where
     the stem is louder than ``silence_threshold_db`` dBFS; silent stems have no SI-SNR).
   """
   from trackformer_jax import metrics as metrics_lib
@@ -412,7 +415,7 @@ def eval_step(
     "mask_overlap": jax.vmap(lambda m: masks.diversity_loss(m[None]))(aux["masks"]),
     "effective_masks": masks.effective_mask_count(estimates),
   }
-  if has_stems:
+  if "stems" in batch:
     b, k, c, t = mixtures.shape
     singles = mixtures.reshape(b * k, c, t)
     stems = batch["stems"].reshape(b * k, *batch["stems"].shape[2:])  # [2B, 4, C, T]
@@ -421,7 +424,12 @@ def eval_step(
     stem_estimates = _flatten_audio(_apply_mixing(stem_mixing, single_estimates))
     stem_reference = _flatten_audio(stems)
     single_flat = jnp.broadcast_to(_flatten_audio(singles)[:, None], stem_reference.shape)
-    stem_si_snri = metrics_lib.si_snr_improvement(stem_estimates, stem_reference, single_flat)
+    # An output-less (all-zero) stem estimate has no meaningful SI-SNR (it comes out near
+    # 10·log10(eps), -80 dB, and would swamp every average): it scores the floor instead.
+    stem_si_snr = jnp.maximum(
+      metrics_lib.si_snr(stem_estimates, stem_reference), STEM_SI_SNR_FLOOR_DB
+    )
+    stem_si_snri = stem_si_snr - metrics_lib.si_snr(single_flat, stem_reference)
     usdr = metrics_lib.usdr(stem_estimates, stem_reference)
     rms_db = 10 * jnp.log10(jnp.mean(stem_reference**2, axis=-1) + 1e-20)
     active = (rms_db >= config.silence_threshold_db).astype(jnp.float32)
@@ -472,17 +480,17 @@ def summarize_eval(per_example: list[dict[str, np.ndarray]], weights: list[np.nd
 def evaluate(
   params: Any,
   eval_fn: Callable,
-  batches: list[dict[str, np.ndarray]],
+  batches: Iterable[dict[str, np.ndarray]],
   mesh: Mesh,
 ) -> dict[str, float]:
-  """Scores ``params`` on ``batches`` with the compiled ``eval_fn``."""
+  """Scores ``params`` on ``batches`` with the compiled ``eval_fn``; {} when there are none."""
   per_example, weights = [], []
   for batch in batches:
-    padded, w = _pad_batch(batch, mesh.devices.size)
+    padded, w = _pad_batch(batch, jax.local_device_count())
     device_batch = _to_global(padded, mesh)
     per_example.append(jax.device_get(eval_fn(params, device_batch)))
     weights.append(w)
-  return summarize_eval(per_example, weights)
+  return summarize_eval(per_example, weights) if per_example else {}
 
 
 def best_score(scores: Mapping[str, float]) -> float:
@@ -624,10 +632,12 @@ def _train_batches(config, start_step) -> Iterator[dict[str, np.ndarray]]:
   return input_pipeline.train_batches(config, start_step=start_step)
 
 
-def _eval_batches(config) -> list[dict[str, np.ndarray]]:
+def _eval_batches(config) -> Iterable[dict[str, np.ndarray]]:
+  # Iterated afresh at each evaluation, never held: 64 stem-annotated 30 s examples are
+  # gigabytes of host memory.
   from trackformer_jax import input_pipeline
 
-  return list(input_pipeline.eval_batches(config, split="validation"))
+  return input_pipeline.eval_batches(config, split="validation")
 
 
 def train_and_evaluate(
@@ -685,9 +695,8 @@ def train_and_evaluate(
 
   step_fn = compile_train_step(config, model, optimizer, mesh)
   eval_batches = _eval_batches(config)
-  has_stems = bool(eval_batches) and "stems" in eval_batches[0]
   eval_fn = jax.jit(
-    lambda params, batch: eval_step(params, batch, model=model, config=config, has_stems=has_stems),
+    lambda params, batch: eval_step(params, batch, model=model, config=config),
     in_shardings=(NamedSharding(mesh, P()), NamedSharding(mesh, P("data"))),
     out_shardings=NamedSharding(mesh, P("data")),
   )
@@ -697,7 +706,7 @@ def train_and_evaluate(
     last_step = min(last_step, stop_after_step)
 
   def run_eval(step: int) -> dict[str, float]:
-    scores = evaluate(state.params, eval_fn, eval_batches, mesh) if eval_batches else {}
+    scores = evaluate(state.params, eval_fn, eval_batches, mesh)
     if scores:
       scores["best_score"] = best_score(scores)
       writer.write_scalars(step, {f"eval/{name}": value for name, value in scores.items()})
@@ -727,6 +736,12 @@ def train_and_evaluate(
       step += 1
       interval_steps += 1
       accumulated.append(metrics)
+      if step == start_step + 1:
+        # Time from the end of the first step: it includes compilation, which would
+        # otherwise drag the first steps/s and ETA down.
+        jax.block_until_ready(metrics)
+        interval_start, interval_steps, paused = time.perf_counter(), 0, 0.0
+        run_start, run_start_step = interval_start, step
       # Read the previous step's counters, not this one's, so the host never waits on the
       # step it just launched; a run of skipped steps stops at most one step late.
       if previous_metrics is not None:
@@ -751,7 +766,7 @@ def train_and_evaluate(
           averaged[name] = jax.device_get(accumulated[-1][name])
         accumulated = []
         elapsed = time.perf_counter() - interval_start - paused
-        steps_per_second = interval_steps / max(elapsed, 1e-9)
+        steps_per_second = interval_steps / max(elapsed, 1e-9) if interval_steps else 0.0
         overall = (step - run_start_step) / max(time.perf_counter() - run_start, 1e-9)
         scalars = {f"train/{name}": float(value) for name, value in averaged.items()}
         scalars["train/steps_per_second"] = steps_per_second
