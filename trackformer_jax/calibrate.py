@@ -1,0 +1,161 @@
+"""Learn which model outputs make which stem from a few labelled songs, and store it.
+
+CLI::
+
+  python -m trackformer_jax.calibrate --model MODEL --data musdb:PATH [--tracks 5]
+      [--split train] [--excerpts 4] [--excerpt-seconds 10]
+
+MixIT trains without labels, so output ``i`` has no name. A trained network still gives each
+output slot a stable role, and a few labelled songs are enough to name them: each song is
+cut into ``--excerpts`` excerpts; each excerpt is separated and its outputs are assigned to
+the four stems by the K = 4 MixIT assignment (``evaluate.assign_outputs``: every non-silent
+stem gets at least one output); each output votes for the stem it went to (outputs carrying
+under 1 % of the excerpt's output energy abstain: where an all but silent output goes is
+arbitrary). The stem map sends each output to the stem it was most often assigned to; a stem
+that no output won takes the output that voted for it most among those whose stem has
+outputs to spare, so every stem has at least one output.
+
+The map is written to ``MODEL/stem_map.json`` (exported folder or workdir), after which
+``separate`` writes ``vocals``, ``bass``, ``drums``, ``other`` instead of ``output_i``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+import numpy as np
+
+from trackformer_jax import evaluate
+from trackformer_jax import export as export_lib
+from trackformer_jax.separate import Separator
+
+STEM_NAMES = export_lib.STEM_NAMES
+_ABSTAIN_ENERGY_SHARE = 0.01
+
+
+def excerpt_starts(num_frames: int, excerpt_frames: int, count: int) -> list[int]:
+  """``count`` evenly spread starts of excerpts of ``excerpt_frames`` (fewer in short songs)."""
+  if num_frames <= excerpt_frames:
+    return [0]
+  count = max(1, min(count, num_frames // excerpt_frames))
+  return [int(x) for x in np.linspace(0, num_frames - excerpt_frames, count).round()]
+
+
+def output_votes(
+  outputs: np.ndarray, stems: np.ndarray, mixture: np.ndarray, snr_max_db: float = 30.0
+) -> np.ndarray:
+  """One excerpt's votes ``[N, K]``: 1 where output ``n`` was assigned to stem ``k``."""
+  silent = evaluate.is_silent(stems, mixture)
+  labels = evaluate.assign_outputs(outputs, stems, snr_max_db=snr_max_db, required=~silent)
+  energy = np.sum(outputs.reshape(outputs.shape[0], -1).astype(np.float64) ** 2, axis=-1)
+  voting = energy >= _ABSTAIN_ENERGY_SHARE * max(energy.sum(), 1e-20)
+  votes = np.zeros((outputs.shape[0], stems.shape[0]))
+  votes[np.arange(outputs.shape[0]), labels] = voting
+  return votes
+
+
+def stem_map_from_votes(votes: np.ndarray, stems: Sequence[str] = STEM_NAMES) -> export_lib.StemMap:
+  """Majority vote per output, then every stem given at least one output (see module doc)."""
+  num_outputs, num_stems = votes.shape
+  choice = np.argmax(votes, axis=1)
+  if num_outputs >= num_stems:
+    for _ in range(num_stems):
+      counts = np.bincount(choice, minlength=num_stems)
+      empty = np.flatnonzero(counts == 0)
+      if not empty.size:
+        break
+      k = empty[0]
+      spare = counts[choice] > 1  # outputs whose stem keeps another output if they move
+      candidates = np.flatnonzero(spare)
+      # Prefer the output most often assigned to k; break ties by its weakest own majority.
+      best = candidates[
+        np.lexsort((votes[candidates, choice[candidates]], -votes[candidates, k]))[0]
+      ]
+      choice[best] = k
+  return export_lib.StemMap(
+    output_to_stem=tuple(stems[k] for k in choice),
+    stems=tuple(stems),
+    votes=tuple(tuple(float(v) for v in row) for row in votes),
+  )
+
+
+def calibrate(
+  model: export_lib.LoadedModel,
+  data: str,
+  *,
+  num_tracks: int = 5,
+  split: str = "train",
+  excerpts: int = 4,
+  excerpt_seconds: float = 10.0,
+  segment_seconds: float | None = None,
+) -> export_lib.StemMap:
+  """Votes over ``num_tracks`` songs of ``data``'s ``split``; returns the stem map."""
+  from trackformer_jax.data import sources
+
+  source = sources.open_source(data, sample_rate_hz=model.sample_rate_hz, channels=model.channels)
+  if not source.has_stems:
+    raise sources.DataError(f"{data}: calibration needs labelled stems; this source has none")
+  tracks = source.split(split)[:num_tracks]
+  if not tracks:
+    raise sources.DataError(f"{data}: split {split!r} has no tracks")
+  separator = Separator(model, segment_seconds=segment_seconds)
+  snr_max_db = float(model.config.get("snr_max_db", 30.0)) if model.config else 30.0
+  excerpt_frames = round(excerpt_seconds * model.sample_rate_hz)
+  votes = np.zeros((model.num_outputs, len(STEM_NAMES)))
+  for track in tracks:
+    for start in excerpt_starts(track.num_frames, excerpt_frames, excerpts):
+      frames = min(excerpt_frames, track.num_frames - start)
+      mixture = track.read_mixture(start, frames)
+      stems = track.read_stems(start, frames)
+      outputs = separator.separate_array(mixture, model.sample_rate_hz, name=track.track_id).outputs
+      votes += output_votes(outputs, stems, mixture, snr_max_db)
+  if not votes.any():
+    raise sources.DataError(f"{data}: no excerpt had audible outputs to vote with")
+  return stem_map_from_votes(votes)
+
+
+def get_parser() -> argparse.ArgumentParser:
+  parser = argparse.ArgumentParser(
+    prog="python -m trackformer_jax.calibrate",
+    description="Name a model's outputs (vocals, bass, drums, other) from a few labelled songs.",
+  )
+  parser.add_argument("--model", required=True, help="exported folder or training workdir")
+  parser.add_argument("--checkpoint", type=export_lib.parse_checkpoint, default="best")
+  parser.add_argument("--data", required=True, help="labelled data: musdb:PATH | chorales:PATH ...")
+  parser.add_argument("--tracks", type=int, default=5, help="songs to learn from")
+  parser.add_argument("--split", default="train")
+  parser.add_argument("--excerpts", type=int, default=4, help="excerpts per song")
+  parser.add_argument("--excerpt-seconds", type=float, default=10.0)
+  parser.add_argument("--segment", type=float, default=None, metavar="SECONDS")
+  return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+  args = get_parser().parse_args(argv)
+  try:
+    model = export_lib.load_model(args.model, checkpoint=args.checkpoint)
+    stem_map = calibrate(
+      model,
+      args.data,
+      num_tracks=args.tracks,
+      split=args.split,
+      excerpts=args.excerpts,
+      excerpt_seconds=args.excerpt_seconds,
+      segment_seconds=args.segment,
+    )
+    path = export_lib.save_stem_map(args.model, stem_map)
+  except (ValueError, RuntimeError, OSError) as e:
+    print(f"calibrate: {e}", file=sys.stderr)
+    return 1
+  votes = np.asarray(stem_map.votes)
+  for i, stem in enumerate(stem_map.output_to_stem):
+    share = votes[i].max() / max(votes[i].sum(), 1)
+    print(f"output_{i} -> {stem:6s} (votes {votes[i].astype(int).tolist()}, {share:.0%} agree)")
+  print(f"wrote {path}")
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())
