@@ -46,7 +46,7 @@ log = logging.getLogger(__name__)
 EVAL_SEED = 20240917
 # Redraws before giving up on finding a crop louder than the silence threshold (the last
 # crop is then used as is: the pipeline never dies because a corpus is quiet).
-_MAX_CROP_ATTEMPTS = 12
+_MAX_CROP_ATTEMPTS = 16
 # After this many silent crops of one track, draw a different track.
 _ATTEMPTS_PER_TRACK = 4
 
@@ -114,18 +114,21 @@ class ExampleMaker:
   def _loud_crop(self, index: int, slot: int, first: int, avoid_song: str | None):
     """A crop above the silence threshold from track ``first`` (or a redrawn one)."""
     track_index = first
+    tried = {first}
     crop = None
     for attempt in range(_MAX_CROP_ATTEMPTS):
       rng = np.random.default_rng((self.seed, self.host, 2, index, slot, attempt))
       if attempt and attempt % _ATTEMPTS_PER_TRACK == 0:
-        track_index = self._other_track(rng, avoid_song)
+        track_index = self._other_track(rng, avoid_song, tried)
+        tried.add(track_index)
       track = self.tracks[track_index]
       try:
         crop = self._crop(track, rng)
       except audio.AudioError as e:
         # A file that broke after the source was opened: warn, and draw another track.
         _warn_once(track.track_id, str(e))
-        track_index = self._other_track(rng, avoid_song)
+        track_index = self._other_track(rng, avoid_song, tried)
+        tried.add(track_index)
         continue
       if rms_db(crop.sum(0)) >= self.silence_threshold_db:
         break
@@ -133,9 +136,11 @@ class ExampleMaker:
       raise audio.AudioError(self.tracks[first].mixture_files[0], "no readable crop")
     return track_index, crop
 
-  def _other_track(self, rng: np.random.Generator, avoid_song: str | None) -> int:
+  def _other_track(self, rng: np.random.Generator, avoid_song: str | None, tried=()) -> int:
+    """A random track of another song, preferring ones not tried yet."""
     candidates = [i for i, t in enumerate(self.tracks) if t.song_id != avoid_song]
-    return int(rng.choice(candidates or range(len(self.tracks))))
+    fresh = [i for i in candidates if i not in tried]
+    return int(rng.choice(fresh or candidates or range(len(self.tracks))))
 
   def _augment(self, stems: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     """Gain, channel swap, polarity on ``[K, C, T]``: the same for every stem of a mixture."""
