@@ -16,6 +16,12 @@ from ml_collections import config_flags
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", None, "Path to a config file.", lock_config=True)
 flags.DEFINE_string("workdir", None, "Where checkpoints and metrics go (default runs/<config>).")
+flags.DEFINE_bool(
+  "distributed", False, "Join a multi-host run through jax.distributed.initialize()."
+)
+flags.DEFINE_string("coordinator_address", None, "host:port of process 0 (multi-host only).")
+flags.DEFINE_integer("num_processes", None, "Number of processes (multi-host only).")
+flags.DEFINE_integer("process_id", None, "This process's index (multi-host only).")
 flags.mark_flags_as_required(["config"])
 
 
@@ -29,8 +35,17 @@ class _QuietCheckpointLogs(python_logging.Filter):
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+  if FLAGS.distributed or FLAGS.coordinator_address:
+    # Must come before anything touches a device. Unset arguments are auto-detected
+    # (SLURM, Cloud TPU, ...); see launch/multihost.sh.
+    jax.distributed.initialize(
+      coordinator_address=FLAGS.coordinator_address,
+      num_processes=FLAGS.num_processes,
+      process_id=FLAGS.process_id,
+    )
   # Imported after flag parsing so that --help stays fast.
   from trackformer_jax import checkpoints, train
+  from trackformer_jax.data import sources
 
   logging.get_absl_handler().addFilter(_QuietCheckpointLogs())
   config_path = config_flags.get_config_filename(FLAGS["config"])
@@ -45,6 +60,7 @@ def main(argv):
     train.NonFiniteError,
     train.WorkdirError,
     checkpoints.CheckpointError,
+    sources.DataError,
   ) as error:
     # One line naming the problem; a traceback would only bury it.
     print(f"error: {error}", file=sys.stderr)

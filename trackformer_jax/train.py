@@ -41,7 +41,6 @@ from jax.sharding import PartitionSpec as P
 from trackformer_jax import checkpoints
 
 STEM_NAMES = ("vocals", "bass", "drums", "other")
-DATA_KINDS = ("chorales", "moisesdb", "musdb", "folder")
 SPARSITY_KINDS = ("rms_ratio", "entropy")
 # The stem SI-SNR given to an estimate worse than this, e.g. a stem that MixIT's best
 # assignment left without any output (see eval_step).
@@ -109,11 +108,7 @@ def validate_config(config: ml_collections.ConfigDict, num_devices: int | None =
   need(number("sample_rate_hz") >= 1000, "sample_rate_hz", "must be at least 1000")
   need(config.channels in (1, 2), "channels", "must be 1 (mono) or 2 (stereo)")
   need(number("segment_seconds") > 0, "segment_seconds", "must be positive")
-  need(
-    isinstance(config.data, str) and config.data.split(":", 1)[0] in DATA_KINDS,
-    "data",
-    f"expected one of {DATA_KINDS}, optionally followed by :PATH",
-  )
+  _validate_data_spec(config.data)
   need(number("model.num_outputs") >= 2, "model.num_outputs", "MixIT needs at least 2 outputs")
   need(
     not config.get("init_from", ""),
@@ -128,6 +123,19 @@ def validate_config(config: ml_collections.ConfigDict, num_devices: int | None =
       "segment_seconds",
       f"{segment} samples is shorter than one STFT window (model.n_fft = {config.model.n_fft})",
     )
+
+
+def _validate_data_spec(spec: Any) -> None:
+  from trackformer_jax.data import sources
+
+  if not isinstance(spec, str):
+    raise ConfigError(f"config.data = {spec!r}: expected a data spec string such as 'chorales'")
+  try:
+    _, path = sources.parse_spec(spec)
+  except sources.DataError as error:
+    raise ConfigError(f"config.data: {error}") from None
+  if path is not None and not path.exists():
+    raise ConfigError(f"config.data = {spec!r}: {path} does not exist")
 
 
 def segment_samples(config: ml_collections.ConfigDict) -> int:

@@ -1,0 +1,315 @@
+"""Training: the loss falls, many devices agree with one, a resumed run equals one never stopped.
+
+Every run here uses ``configs/test.py`` on the tiny MUSDB-layout corpus from ``conftest.py``.
+Compiled programs are shared between runs through a persistent compilation cache in a
+temporary folder, so each distinct train step is compiled once per session.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pathlib
+import subprocess
+import sys
+import textwrap
+
+import jax
+import numpy as np
+import pytest
+
+from trackformer_jax import checkpoints, train
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+# Experiment configs import ``configs.default``; plain ``pytest`` does not put the root on
+# sys.path.
+if str(REPO) not in sys.path:
+  sys.path.insert(0, str(REPO))
+
+
+def load_test_config(data_spec: str, **overrides):
+  from configs import test as test_config
+
+  config = test_config.get_config()
+  config.data = data_spec
+  for name, value in overrides.items():
+    setattr(config, name, value)
+  return config
+
+
+@pytest.fixture(scope="module", autouse=True)
+def compilation_cache(tmp_path_factory):
+  saved = {
+    name: getattr(jax.config, name)
+    for name in ("jax_compilation_cache_dir", "jax_persistent_cache_min_compile_time_secs")
+  }
+  jax.config.update("jax_compilation_cache_dir", str(tmp_path_factory.mktemp("jax_cache")))
+  jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+  yield
+  for name, value in saved.items():
+    jax.config.update(name, value)
+
+
+def read_metrics(workdir: pathlib.Path) -> list[dict]:
+  return [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
+
+
+def assert_trees_equal(a, b):
+  leaves_a, tree_a = jax.tree.flatten(a)
+  leaves_b, tree_b = jax.tree.flatten(b)
+  assert tree_a == tree_b
+  for x, y in zip(leaves_a, leaves_b):
+    np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+
+
+@pytest.mark.slow
+def test_twenty_steps_lower_the_loss_and_write_everything(tiny_musdb, tmp_path):
+  config = load_test_config(
+    f"musdb:{tiny_musdb}",
+    num_train_steps=20,
+    log_every_steps=5,
+    eval_every_steps=10,
+    checkpoint_every_steps=10,
+  )
+  workdir = tmp_path / "run"
+  state = train.train_and_evaluate(config, workdir)
+  assert int(state.step) == 20
+
+  rows = read_metrics(workdir)
+  train_rows = [row for row in rows if "train/loss" in row]
+  eval_rows = {row["step"]: row for row in rows if "eval/mixit_loss" in row}
+  assert [row["step"] for row in train_rows] == [5, 10, 15, 20]
+  assert sorted(eval_rows) == [0, 10, 20]  # step 0 is the untrained control
+  # The training loss, averaged over 5 steps, and the validation MixIT loss both fall.
+  assert train_rows[-1]["train/loss"] < train_rows[0]["train/loss"]
+  assert eval_rows[20]["eval/mixit_loss"] < eval_rows[0]["eval/mixit_loss"] - 0.1
+  for part in ("mixit", "diversity", "sparsity", "grad_norm", "learning_rate"):
+    assert np.isfinite(train_rows[-1][f"train/{part}"]), part
+  for name in ("steps_per_second", "examples_per_second", "peak_memory_gib"):
+    assert train_rows[-1][f"train/{name}"] > 0, name
+  # The tiny corpus has stems, so every stem score is there, and the diagnostics are in range.
+  last_eval = eval_rows[20]
+  for stem in train.STEM_NAMES:
+    assert np.isfinite(last_eval[f"eval/stem_si_snri_db_{stem}"]), stem
+  assert np.isfinite(last_eval["eval/usdr_db"])
+  assert 0.0 <= last_eval["eval/mask_overlap"] <= 1.0
+  assert 1.0 <= last_eval["eval/effective_masks"] <= config.model.num_outputs
+  assert list((workdir / "tensorboard").glob("events.out.tfevents.*"))
+
+  # The workdir is what the tools read: config.json and params by best / latest / step.
+  saved_config, params = checkpoints.load_params(workdir, "latest")
+  assert saved_config.to_dict() == json.loads(json.dumps(config.to_dict(), default=list))
+  assert_trees_equal(params, state.params)
+  best_step = max(eval_rows, key=lambda step: eval_rows[step]["eval/best_score"])
+  _, best_params = checkpoints.load_params(workdir, "best")
+  if best_step > 0:  # step 0 is never saved: it is the untrained control
+    _, expected = checkpoints.load_params(workdir, best_step)
+    assert_trees_equal(best_params, expected)
+  with pytest.raises(checkpoints.CheckpointError, match="no step 7"):
+    checkpoints.load_params(workdir, 7)
+  with pytest.raises(checkpoints.CheckpointError, match="config.json"):
+    checkpoints.load_params(tmp_path / "nowhere")
+
+
+@pytest.mark.slow
+def test_a_resumed_run_equals_an_uninterrupted_one_bitwise(tiny_musdb, tmp_path):
+  config = load_test_config(
+    f"musdb:{tiny_musdb}",
+    num_train_steps=6,
+    log_every_steps=1,
+    eval_every_steps=3,
+    checkpoint_every_steps=2,
+  )
+  straight = train.train_and_evaluate(config, tmp_path / "straight")
+  interrupted = tmp_path / "interrupted"
+  stopped = train.train_and_evaluate(config, interrupted, stop_after_step=4)
+  assert int(stopped.step) == 4
+  # A metrics row written after the last checkpoint, as a run killed then would leave.
+  with open(interrupted / "metrics.jsonl", "a") as handle:
+    handle.write(json.dumps({"step": 5, "train/loss": 123.0}) + "\n")
+  resumed = train.train_and_evaluate(config, interrupted)
+
+  assert int(resumed.step) == 6
+  assert_trees_equal(resumed.params, straight.params)
+  assert_trees_equal(resumed.opt_state, straight.opt_state)
+  # The resumed run rewrote what came after its checkpoint: one row per (step, metric).
+  rows = read_metrics(interrupted)
+  keys = [(row["step"], name) for row in rows for name in row if name != "step"]
+  assert len(keys) == len(set(keys))
+  assert 123.0 not in [row.get("train/loss") for row in rows]
+  assert [row["train/loss"] for row in rows if "train/loss" in row] == [
+    row["train/loss"] for row in read_metrics(tmp_path / "straight") if "train/loss" in row
+  ]
+
+
+@pytest.mark.slow
+def test_non_finite_steps_are_skipped_and_a_run_of_them_stops(tiny_musdb, tmp_path, monkeypatch):
+  config = load_test_config(
+    f"musdb:{tiny_musdb}",
+    num_train_steps=20,
+    log_every_steps=2,
+    eval_every_steps=100,
+    checkpoint_every_steps=2,
+    max_consecutive_nonfinite=3,
+  )
+  real_batches = train._train_batches
+  poisoned = {1, 4, 5, 6, 7, 8, 9}  # one isolated bad batch, then a run of them
+
+  def batches_with_nan(config, start_step):
+    for step, batch in enumerate(real_batches(config, start_step), start=start_step):
+      if step in poisoned:
+        batch = dict(batch, mom=batch["mom"] * np.nan)
+      yield batch
+
+  monkeypatch.setattr(train, "_train_batches", batches_with_nan)
+  workdir = tmp_path / "run"
+  with pytest.raises(train.NonFiniteError, match="3 consecutive steps had a non-finite"):
+    train.train_and_evaluate(config, workdir)
+
+  rows = {row["step"]: row for row in read_metrics(workdir) if "train/loss" in row}
+  assert rows[2]["train/nonfinite_steps"] == 1  # the isolated one, skipped and counted
+  assert rows[4]["train/nonfinite_steps"] == 1  # training went on after it
+  assert rows[6]["train/consecutive_nonfinite"] == 2
+  # Step 2 followed a skipped step and step 6 is inside the bad run: neither is saved; the
+  # last good checkpoint (step 4) is what a restart finds.
+  manager = checkpoints.create_manager(workdir, read_only=True)
+  assert manager.all_steps() == [4]
+  manager.close()
+  _, params = checkpoints.load_params(workdir, "latest")
+  assert all(np.isfinite(np.asarray(leaf)).all() for leaf in jax.tree.leaves(params))
+
+
+def test_a_skipped_step_changes_nothing_but_the_counters(tiny_musdb):
+  config = load_test_config(f"musdb:{tiny_musdb}")
+  from trackformer_jax import input_pipeline, models
+
+  model = models.create_model(config.model)
+  optimizer = train.create_optimizer(config)
+  mesh = train.create_mesh()
+  step_fn = train.compile_train_step(config, model, optimizer, mesh)
+  state = train.create_train_state(config, model, optimizer)
+  before = jax.device_get(state)
+  batch = next(input_pipeline.train_batches(config))
+  bad = {"mom": batch["mom"] * np.inf, "mixtures": batch["mixtures"]}
+  state, metrics = step_fn(state, train._to_global(bad, mesh), jax.random.PRNGKey(1))
+  assert float(metrics["skipped"]) == 1.0
+  assert int(state.step) == 1 and int(state.nonfinite_steps) == 1
+  assert int(state.consecutive_nonfinite) == 1
+  assert_trees_equal(state.params, before.params)
+  assert_trees_equal(state.opt_state, before.opt_state)
+  good = {"mom": batch["mom"], "mixtures": batch["mixtures"]}
+  state, metrics = step_fn(state, train._to_global(good, mesh), jax.random.PRNGKey(2))
+  assert float(metrics["skipped"]) == 0.0
+  assert int(state.consecutive_nonfinite) == 0 and int(state.nonfinite_steps) == 1
+  moved = jax.tree.map(lambda a, b: not np.array_equal(a, b), state.params, before.params)
+  assert any(jax.tree.leaves(moved))
+
+
+_TRAIN_IN_SUBPROCESS = textwrap.dedent(
+  """
+  import json, sys
+  sys.path.insert(0, sys.argv[1])
+  import jax
+  from configs import test as test_config
+  from trackformer_jax import train
+  assert jax.device_count() == int(sys.argv[4]), jax.devices()
+  config = test_config.get_config()
+  config.update_from_flattened_dict(json.loads(sys.argv[3]))
+  train.train_and_evaluate(config, sys.argv[2])
+  """
+)
+
+
+@pytest.mark.slow
+def test_four_devices_give_the_same_params_as_one(tiny_musdb, tmp_path):
+  overrides = {
+    "data": f"musdb:{tiny_musdb}",
+    "batch_size": 4,
+    "num_train_steps": 3,
+    "eval_every_steps": 100,
+    "checkpoint_every_steps": 100,
+  }
+  params = {}
+  for devices in (1, 4):
+    # The device count is fixed when jax starts, so each count gets its own process.
+    env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}")
+    env["JAX_PLATFORMS"] = "cpu"
+    workdir = tmp_path / f"devices{devices}"
+    result = subprocess.run(
+      [sys.executable, "-c", _TRAIN_IN_SUBPROCESS, str(REPO), str(workdir)]
+      + [json.dumps(overrides), str(devices)],
+      capture_output=True,
+      text=True,
+      env=env,
+      timeout=600,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    _, params[devices] = checkpoints.load_params(workdir, "latest")
+  one, four = jax.tree.leaves(params[1]), jax.tree.leaves(params[4])
+  # The gradient all-reduce sums in another order, so the params differ by rounding only:
+  # far below one step's update (learning rate ~1e-3).
+  for a, b in zip(one, four):
+    np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=0, atol=2e-5)
+
+
+@pytest.mark.parametrize(
+  ("field", "value", "reason"),
+  [
+    ("learning_rate", -1.0, "must be positive"),
+    ("batch_size", 0, "at least 1"),
+    ("num_train_steps", 0, "at least 1"),
+    ("channels", 3, "mono"),
+    ("data", "nonsense:/x", "unknown kind"),
+    ("data", "musdb:/no/such/folder", "does not exist"),
+    ("segment_seconds", 0.001, "shorter than one STFT window"),
+    ("sparsity_kind", "l1", "expected one of"),
+  ],
+)
+def test_impossible_configs_name_the_field(tiny_musdb, field, value, reason):
+  config = load_test_config(f"musdb:{tiny_musdb}")
+  setattr(config, field, value)
+  with pytest.raises(train.ConfigError, match=reason) as error:
+    train.validate_config(config, num_devices=1)
+  message = str(error.value)
+  assert message.startswith(f"config.{field}") and "\n" not in message
+
+
+def test_batch_must_split_over_the_devices(tiny_musdb):
+  config = load_test_config(f"musdb:{tiny_musdb}", batch_size=6)
+  with pytest.raises(train.ConfigError, match="multiple of the 4 devices"):
+    train.validate_config(config, num_devices=4)
+
+
+def test_the_cli_reports_a_bad_config_in_one_line(tiny_musdb, tmp_path):
+  result = subprocess.run(
+    [
+      sys.executable,
+      "-m",
+      "trackformer_jax.main",
+      "--config=configs/test.py",
+      f"--config.data=musdb:{tiny_musdb}",
+      "--config.learning_rate=-0.5",
+      f"--workdir={tmp_path / 'run'}",
+    ],
+    capture_output=True,
+    text=True,
+    cwd=REPO,
+    timeout=300,
+  )
+  assert result.returncode == 2
+  assert "Traceback" not in result.stderr
+  assert result.stderr.strip().splitlines()[-1] == (
+    "error: config.learning_rate = -0.5: must be positive"
+  )
+  assert not (tmp_path / "run" / "checkpoints").exists()
+
+
+def test_a_second_training_on_a_busy_workdir_refuses(tiny_musdb, tmp_path):
+  workdir = tmp_path / "run"
+  workdir.mkdir()
+  lock = train._lock_workdir(workdir)
+  try:
+    with pytest.raises(train.WorkdirError, match="another training"):
+      train.train_and_evaluate(load_test_config(f"musdb:{tiny_musdb}"), workdir)
+  finally:
+    lock.close()
