@@ -1,0 +1,93 @@
+"""data/render.py: layout, exact stem sums, no clipping, determinism, resume, the drum part."""
+
+import os
+
+import numpy as np
+import pretty_midi
+import pytest
+
+from trackformer_jax import audio
+from trackformer_jax.data import render, sources
+
+FILES = {"mixture.wav", "vocals.wav", "bass.wav", "drums.wav", "other.wav", "meta.json"}
+
+
+def _tracks(root):
+  return sorted(p for split in ("train", "test") for p in (root / split).glob("*") if p.is_dir())
+
+
+def test_layout_exact_sum_and_no_clipping(tiny_chorales):
+  tracks = _tracks(tiny_chorales)
+  assert len(tracks) == 3
+  for track in tracks:
+    assert {p.name for p in track.iterdir()} == FILES  # no temporary files left behind
+    info = audio.audio_info(track / "mixture.wav")
+    assert (info.sample_rate_hz, info.channels, info.frames) == (44100, 2, 2 * 44100)
+    stems = np.stack([audio.read_audio(track / f"{s}.wav") for s in render.STEM_NAMES])
+    mixture = audio.read_audio(track / "mixture.wav")
+    # Exactly, not approximately: the mixture is the integer sum of the 16-bit stems.
+    np.testing.assert_array_equal(stems.sum(0), mixture)
+    assert np.abs(mixture).max() <= 0.9 + 1e-4
+    assert np.abs(stems).max() < 1.0
+    for name, stem in zip(render.STEM_NAMES, stems):
+      assert _rms_db(stem) > -60, (track.name, name)
+
+
+def _rms_db(x):
+  return 10 * np.log10(np.mean(np.square(x, dtype=np.float64)) + 1e-20)
+
+
+def test_split_by_score_and_readable_as_a_source(tiny_chorales):
+  for track in _tracks(tiny_chorales):
+    song = track.name.split("-", 1)[1]
+    assert track.parent.name == render.split_of_song(song)
+  source = sources.open_source(f"chorales:{tiny_chorales}", sample_rate_hz=8000, channels=1)
+  assert len(source.tracks) == 3 and source.has_stems and not source.skipped
+  assert all(t.split == ("validation" if t.track_id.startswith("test/") else "train")
+             for t in source.tracks)  # fmt: skip
+
+
+@pytest.mark.slow
+def test_deterministic_per_seed_and_resumable(tiny_chorales, tmp_path):
+  again = render.render_corpus(tmp_path / "a", tracks=1, seconds=2.0, seed=0, progress=False)
+  other = render.render_corpus(tmp_path / "b", tracks=1, seconds=2.0, seed=1, progress=False)
+  first = next(p for p in _tracks(tiny_chorales) if p.name.startswith("0000-"))
+  for name in FILES - {"meta.json"}:
+    assert (first / name).read_bytes() == (tmp_path / again[0] / name).read_bytes(), name
+  assert (first / "mixture.wav").read_bytes() != (tmp_path / other[0] / "mixture.wav").read_bytes()
+  # Resume: finished tracks are skipped untouched; an unfinished one (no meta.json) redone.
+  stamp = os.stat(tmp_path / again[0] / "mixture.wav").st_mtime_ns
+  assert render.render_corpus(tmp_path / "a", tracks=1, seconds=2.0, progress=False) == again
+  assert os.stat(tmp_path / again[0] / "mixture.wav").st_mtime_ns == stamp
+  os.remove(os.path.join(again[0], "meta.json"))
+  render.render_corpus(tmp_path / "a", tracks=1, seconds=2.0, progress=False)
+  assert os.path.exists(os.path.join(again[0], "meta.json"))
+
+
+@pytest.mark.parametrize("beats_per_bar", [2, 3, 4])
+def test_drum_part_follows_meter_and_tempo(beats_per_bar):
+  rng = np.random.default_rng(0)
+  kit = render._drum_instrument(
+    pretty_midi, rng=rng, beats_per_bar=beats_per_bar, beat_seconds=0.5, duration_s=12.0
+  )
+  assert kit.is_drum
+  kicks = sorted(n.start for n in kit.notes if n.pitch == render._KICK)
+  bar = beats_per_bar * 0.5
+  # A kick opens every bar (fill bars included), and all hits stay inside the track.
+  downbeats = [k for k in kicks if abs(k / bar - round(k / bar)) < 1e-9]
+  assert len({round(k / bar) for k in downbeats}) == int(np.ceil(12.0 / bar))
+  assert max(n.start for n in kit.notes) < 12.0
+
+
+def test_score_list_starts_with_bach_chorales():
+  paths = render.score_paths()
+  assert len(paths) > 1000
+  assert render.score_name(paths[0]).startswith("bach-")
+  assert any("monteverdi" in p for p in paths) and any("palestrina" in p for p in paths)
+  assert render.split_of_song("bach-bwv1.6") == render.split_of_song("bach-bwv1.6")
+
+
+def test_cli_reports_a_missing_soundfont(tmp_path, capsys):
+  code = render.main(["--out", str(tmp_path), "--tracks", "1", "--soundfont", "/no/such.sf2"])
+  assert code == 1
+  assert "/no/such.sf2: SoundFont not found" in capsys.readouterr().err
