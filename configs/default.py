@@ -27,6 +27,8 @@ def get_model_config() -> ml_collections.ConfigDict:
   m.num_heads = 8
   m.mlp_dim = 1024
   m.num_features = 256  # FAVOR+ random features per head
+  m.feature_seed = 0  # FAVOR+ features are drawn from this seed per layer (not parameters)
+  m.pos_conv_kernel = 31  # depthwise conv positional encoding, in frames (relative, any length)
   m.dropout_rate = 0.1
   m.remat = True  # per-layer rematerialisation (nn.scan + checkpoint)
   m.dtype = "float32"  # compute dtype: float32 | bfloat16 (parameters stay float32)
@@ -39,6 +41,7 @@ def get_model_config() -> ml_collections.ConfigDict:
   m.tasnet_P = 3
   m.tasnet_X = 8
   m.tasnet_R = 3
+  m.tasnet_norm = "gLN"  # gLN (paper, global statistics) | fLN (per-frame, strictly local)
   return m
 
 
