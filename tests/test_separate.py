@@ -65,7 +65,7 @@ def band_tones(seconds, rate_hz=RATE_HZ, num_bands=8, channels=1, seed=0):
   centres = (np.arange(num_bands) + 0.5) * (rate_hz / 2) / num_bands
   amplitudes = rng.uniform(0.03, 0.1, num_bands)
   tones = amplitudes[:, None] * np.sin(
-    2 * np.pi * centres[:, None] * t + rng.uniform(0, 6, 8)[:, None]
+    2 * np.pi * centres[:, None] * t + rng.uniform(0, 6, num_bands)[:, None]
   )
   gains = rng.uniform(0.5, 1.0, (num_bands, channels))
   return (tones[:, None, :] * gains[:, :, None]).astype(np.float32)
