@@ -16,6 +16,7 @@ def _tracks(root):
   return sorted(p for split in ("train", "test") for p in (root / split).glob("*") if p.is_dir())
 
 
+@pytest.mark.slow
 def test_layout_exact_sum_and_no_clipping(tiny_chorales):
   tracks = _tracks(tiny_chorales)
   assert len(tracks) == 3
@@ -37,6 +38,7 @@ def _rms_db(x):
   return 10 * np.log10(np.mean(np.square(x, dtype=np.float64)) + 1e-20)
 
 
+@pytest.mark.slow
 def test_split_by_score_and_readable_as_a_source(tiny_chorales):
   for track in _tracks(tiny_chorales):
     song = track.name.split("-", 1)[1]

@@ -141,7 +141,11 @@ def output_frames(frames: int, from_rate_hz: int, to_rate_hz: int) -> int:
 
 
 def _read_frames(path: str, start: int, stop: int) -> np.ndarray:
-  """Native frames ``[start, stop)`` (clamped to the file) as ``float32 [channels, time]``."""
+  """Native frames ``[start, stop)`` (clamped to the file) as ``float32 [channels, time]``.
+
+  The result is a transposed view of soundfile's ``[time, channels]`` buffer: callers
+  convert channels first and copy once at the end.
+  """
   try:
     with sf.SoundFile(path) as f:
       start = min(max(start, 0), f.frames)
@@ -154,10 +158,13 @@ def _read_frames(path: str, start: int, stop: int) -> np.ndarray:
     raise AudioError(
       path, f"truncated: asked for frames {start}..{stop} but only {data.shape[0]} could be read"
     )
-  return np.ascontiguousarray(data.T)
+  return data.T
 
 
-def _check_finite(path: str, audio: np.ndarray, offset: int) -> None:
+def _check_finite(path: str, audio: np.ndarray, offset: int, subtype: str = "FLOAT") -> None:
+  # Integer PCM cannot hold NaN/inf; only float files need the scan.
+  if subtype.startswith("PCM"):
+    return
   if not np.isfinite(audio).all():
     bad = np.argwhere(~np.isfinite(audio))[0]
     raise AudioError(path, f"NaN or infinite sample at frame {offset + int(bad[1])}")
@@ -194,7 +201,7 @@ def read_audio(
   num_frames = int(num_frames)
   if rate_out == info.sample_rate_hz:
     audio = _read_frames(path, start_frame, start_frame + num_frames)
-    _check_finite(path, audio, start_frame)
+    _check_finite(path, audio, start_frame, info.subtype)
   else:
     # Output frame k*up sits exactly on source frame k*down: start the source read on such
     # a pair, a little before the segment, so that every segment lines up with the same
@@ -206,7 +213,7 @@ def read_audio(
     src_start = block0 * down
     src_stop = -(-(start_frame + num_frames) * down // up) + context_blocks * down
     source = _read_frames(path, src_start, src_stop)
-    _check_finite(path, source, src_start)
+    _check_finite(path, source, src_start, info.subtype)
     if source.shape[1] == 0:
       audio = np.zeros((info.channels, 0), np.float32)
     else:
@@ -217,7 +224,7 @@ def read_audio(
     audio = np.pad(audio, ((0, 0), (0, num_frames - audio.shape[1])))
   if channels is not None:
     audio = convert_channels(audio, int(channels), path=path)
-  return audio.astype(np.float32, copy=False)
+  return np.ascontiguousarray(audio, dtype=np.float32)
 
 
 def verify_audio(path: str | os.PathLike) -> AudioInfo:
@@ -229,7 +236,7 @@ def verify_audio(path: str | os.PathLike) -> AudioInfo:
   info = audio_info(path)
   for start in range(0, info.frames, _SCAN_BLOCK_FRAMES):
     block = _read_frames(info.path, start, min(start + _SCAN_BLOCK_FRAMES, info.frames))
-    _check_finite(info.path, block, start)
+    _check_finite(info.path, block, start, info.subtype)
   return info
 
 

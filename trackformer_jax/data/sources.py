@@ -125,15 +125,17 @@ class Track:
     return self.num_frames / self.sample_rate_hz
 
   def _read_sum(self, files: tuple[str, ...], start: int, frames: int) -> np.ndarray:
+    read = dict(
+      start_frame=start,
+      num_frames=frames,
+      sample_rate_hz=self.sample_rate_hz,
+      channels=self.channels,
+    )
+    if len(files) == 1:
+      return audio.read_audio(files[0], **read)
     total = np.zeros((self.channels, frames), np.float32)
     for path in files:
-      total += audio.read_audio(
-        path,
-        start_frame=start,
-        num_frames=frames,
-        sample_rate_hz=self.sample_rate_hz,
-        channels=self.channels,
-      )
+      total += audio.read_audio(path, **read)
     return total
 
   def read_mixture(self, start: int = 0, frames: int | None = None) -> np.ndarray:
