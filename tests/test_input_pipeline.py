@@ -28,6 +28,24 @@ def test_batch_layout_and_exact_sums(tiny_config, tiny_musdb):
   assert (np.abs(batch["mixtures"]).max(axis=(2, 3)) > 0.01).all()
 
 
+def test_without_stems_reads_mixture_files_only(tiny_config, tiny_musdb, monkeypatch):
+  config = tiny_config(f"musdb:{tiny_musdb}")
+  with_stems = _take(input_pipeline.train_batches(config), 1)[0]
+  read = []
+  real = audio.read_audio
+  monkeypatch.setattr(audio, "read_audio", lambda path, **kw: read.append(path) or real(path, **kw))
+  (batch,) = _take(input_pipeline.train_batches(config, with_stems=False), 1)
+  assert set(batch) == {"mom", "mixtures"}
+  assert read and all(str(p).endswith("mixture.wav") for p in read)
+  # Same crops as the stream with stems: the fixture's mixture.wav is the stems' sum.
+  np.testing.assert_allclose(batch["mom"], with_stems["mom"], atol=1e-6)
+  # Remixing still reads stems, but the batches stay without them.
+  config.augment.remix_stems = True
+  (remixed,) = _take(input_pipeline.train_batches(config, with_stems=False), 1)
+  assert set(remixed) == {"mom", "mixtures"}
+  assert any(str(p).endswith("bass.wav") for p in read)
+
+
 def test_unlabeled_source_has_no_stems(tiny_config, tiny_folder):
   (batch,) = _take(input_pipeline.train_batches(tiny_config(f"folder:{tiny_folder}")), 1)
   assert set(batch) == {"mom", "mixtures"}
