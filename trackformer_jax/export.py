@@ -192,12 +192,27 @@ def _config_channels(config) -> int:
   return int(config.get("channels", 1))
 
 
+# One jitted forward per model definition (its repr holds every hyper-parameter): loading a
+# second checkpoint of the same config, or its random-init control, reuses the compilation.
+_FORWARD_CACHE: dict[str, Callable] = {}
+
+
+def _compiled_forward(module) -> Callable:
+  key = repr(module)
+  if key not in _FORWARD_CACHE:
+
+    @jax.jit
+    def forward(variables, mix):
+      estimates, aux = module.apply(variables, mix, deterministic=True)
+      masks = aux.get("masks") if isinstance(aux, dict) else None
+      return estimates, masks
+
+    _FORWARD_CACHE[key] = forward
+  return _FORWARD_CACHE[key]
+
+
 def _model_apply_fn(module, variables) -> ApplyFn:
-  @jax.jit
-  def forward(variables, mix):
-    estimates, aux = module.apply(variables, mix, deterministic=True)
-    masks = aux.get("masks") if isinstance(aux, dict) else None
-    return estimates, masks
+  forward = _compiled_forward(module)
 
   def apply_fn(mix):
     estimates, masks = forward(variables, jnp.asarray(mix, jnp.float32))

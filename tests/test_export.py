@@ -1,0 +1,240 @@
+"""export and load_model with the real tiny model (configs/test.py), and the tools end to end.
+
+One randomly initialised Performer separator is saved as a training workdir (two steps,
+through ``checkpoints``), exported, and run through separate, evaluate and calibrate.
+"""
+
+from __future__ import annotations
+
+import json
+import pathlib
+import sys
+
+import flax
+import jax
+import numpy as np
+import pytest
+import soundfile
+
+from trackformer_jax import audio, calibrate, checkpoints, evaluate, separate
+from trackformer_jax import export as export_lib
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:  # configs/test.py imports ``configs.default``
+  sys.path.insert(0, str(REPO))
+
+
+@flax.struct.dataclass
+class _SavedState:
+  step: jax.Array
+  params: dict
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory, tiny_config):
+  """A workdir with step 10 (best score) and step 20 (latest, params halved)."""
+  from configs import test as test_config  # the tiny model sizes
+
+  config = tiny_config("chorales")
+  config.model = test_config.get_config().model
+  path = tmp_path_factory.mktemp("runs") / "tiny"
+  path.mkdir()
+  _, variables = export_lib.init_variables(config, jax.random.key(3))
+  checkpoints.write_config(path, config)
+  manager = checkpoints.create_manager(path, keep_checkpoints=3)
+  for step, scale, score in ((10, 1.0, 2.0), (20, 0.5, 1.0)):
+    params = jax.tree.map(lambda x, s=scale: x * s, variables["params"])
+    checkpoints.save(
+      manager,
+      _SavedState(step=np.int32(step), params=params),
+      step,
+      {checkpoints.BEST_METRIC: score},
+    )
+  manager.wait_until_finished()
+  manager.close()
+  return path
+
+
+def leaves(tree):
+  return [np.asarray(x) for x in jax.tree.leaves(tree)]
+
+
+@pytest.mark.slow
+def test_export_round_trip_and_checkpoint_choice(workdir, tmp_path):
+  stem_map = export_lib.StemMap(
+    output_to_stem=("drums", "bass", "other", "vocals", "other", "other", "bass", "vocals"),
+    votes=tuple((float(i), 1.0, 0.0, 2.0) for i in range(8)),
+  )
+  export_lib.save_stem_map(workdir, stem_map)
+  out = tmp_path / "exported"
+  assert export_lib.main(["--workdir", str(workdir), "--out", str(out)]) == 0
+  assert sorted(p.name for p in out.iterdir()) == [
+    "config.json",
+    "metadata.json",
+    "params",
+    "stem_map.json",
+  ]
+  metadata = json.loads((out / "metadata.json").read_text())
+  assert metadata["sample_rate_hz"] == 8000 and metadata["channels"] == 1
+  assert metadata["model_name"] == "performer" and metadata["num_outputs"] == 8
+  assert metadata["version"] == __import__("trackformer_jax").__version__
+  exported = export_lib.load_model(out)
+  assert exported.stem_map == stem_map  # the stem map round-trips
+  assert exported.output_names == list(export_lib.STEM_NAMES)
+  best = export_lib.load_model(workdir, checkpoint="best")
+  latest = export_lib.load_model(workdir, checkpoint="latest")
+  for a, b, c in zip(leaves(exported.variables), leaves(best.variables), leaves(latest.variables)):
+    np.testing.assert_array_equal(a, b)
+    np.testing.assert_allclose(c, 0.5 * a, rtol=1e-6)
+  mix = np.random.default_rng(0).uniform(-0.3, 0.3, (1, 1, 4000)).astype(np.float32)
+  np.testing.assert_allclose(exported.apply_fn(mix)[0], best.apply_fn(mix)[0], atol=1e-6)
+  # Overwriting needs --overwrite; nothing else is touched when it is refused.
+  assert export_lib.main(["--workdir", str(workdir), "--out", str(out)]) == 1
+  assert (
+    export_lib.main(
+      ["--workdir", str(workdir), "--out", str(out), "--overwrite", "--checkpoint", "20"]
+    )
+    == 0
+  )
+  np.testing.assert_allclose(
+    leaves(export_lib.load_model(out).variables)[0], leaves(latest.variables)[0]
+  )
+  (workdir / export_lib.STEM_MAP_FILE).unlink()
+
+
+@pytest.mark.slow
+def test_exported_function_runs_without_model_code(workdir, tmp_path):
+  out = tmp_path / "exported"
+  assert (
+    export_lib.main(
+      [
+        "--workdir",
+        str(workdir),
+        "--out",
+        str(out),
+        "--jax-export",
+        "0.5",
+        "--jax-export-batch",
+        "2",
+      ]
+    )
+    == 0
+  )
+  model = export_lib.load_model(out, use_exported_function=True)
+  assert model.fixed_input_shape == (2, 1, 4000)
+  reference = export_lib.load_model(out)
+  mixture = np.random.default_rng(1).uniform(-0.3, 0.3, (1, 9000)).astype(np.float32)
+  a = separate.Separator(model).separate_array(mixture, 8000).outputs
+  b = (
+    separate.Separator(reference, segment_seconds=0.5, batch_size=2)
+    .separate_array(mixture, 8000)
+    .outputs
+  )
+  np.testing.assert_allclose(a, b, atol=1e-5)
+
+
+def test_load_model_errors_name_the_path(tmp_path):
+  with pytest.raises(export_lib.ModelLoadError, match="no such model"):
+    export_lib.load_model(tmp_path / "missing")
+  with pytest.raises(export_lib.ModelLoadError, match="no config.json"):
+    export_lib.load_model(tmp_path)
+  (tmp_path / "config.json").write_text("{not json")
+  with pytest.raises(export_lib.ModelLoadError, match="config.json"):
+    export_lib.load_model(tmp_path)
+  (tmp_path / "config.json").write_text("{}")
+  (tmp_path / "metadata.json").write_text(json.dumps({"format": "something else"}))
+  with pytest.raises(export_lib.ModelLoadError, match="metadata.json"):
+    export_lib.load_model(tmp_path)
+  (tmp_path / "metadata.json").unlink()
+  (tmp_path / "stem_map.json").write_text(json.dumps({"output_to_stem": ["guitar"]}))
+  with pytest.raises(export_lib.ModelLoadError, match="stem_map.json"):
+    export_lib.load_model(tmp_path)
+
+
+def test_stem_map_json_round_trip_and_combine():
+  stem_map = export_lib.StemMap(output_to_stem=("bass", "bass", "drums"))
+  again = export_lib.StemMap.from_json(json.loads(json.dumps(stem_map.to_json())))
+  assert again == stem_map
+  outputs = np.arange(3 * 2 * 5, dtype=np.float32).reshape(3, 2, 5)
+  stems = stem_map.combine(outputs)
+  np.testing.assert_array_equal(stems["bass"], outputs[0] + outputs[1])
+  assert not stems["vocals"].any() and not stems["other"].any()
+
+
+@pytest.mark.slow
+def test_separate_cli_with_the_real_model_keeps_44k_stereo(workdir, tmp_path):
+  out = tmp_path / "exported"
+  export_lib.export_workdir(workdir, out)
+  rate = 44100
+  t = np.arange(int(1.3 * rate)) / rate
+  mixture = np.stack([0.3 * np.sin(2 * np.pi * 440 * t), 0.2 * np.sin(2 * np.pi * 220 * t)])
+  song = tmp_path / "song.flac"
+  audio.write_audio(song, mixture.astype(np.float32), rate, subtype="PCM_24")
+  code = separate.main(
+    [
+      str(song),
+      "--model",
+      str(out),
+      "-o",
+      str(tmp_path / "sep"),
+      "--float32",
+      "--plots",
+      "--segment",
+      "0.5",
+      "--no-progress",
+    ]
+  )
+  assert code == 0
+  folder = tmp_path / "sep/exported/song"
+  stems = []
+  for i in range(8):
+    info = soundfile.info(folder / f"output_{i}.wav")
+    assert (info.samplerate, info.channels) == (rate, 2)
+    stems.append(audio.read_audio(folder / f"output_{i}.wav"))
+  np.testing.assert_allclose(np.sum(stems, axis=0), audio.read_audio(song), atol=1e-4)
+  assert (folder / "plot.png").exists()
+
+
+@pytest.mark.slow
+def test_evaluate_and_calibrate_with_the_real_model(workdir, tmp_path, tiny_musdb):
+  out = tmp_path / "results.json"
+  code = evaluate.main(
+    [
+      "--workdir",
+      str(workdir),
+      "--data",
+      f"musdb:{tiny_musdb}",
+      "--out",
+      str(out),
+      "--mom-seconds",
+      "1",
+      "--no-progress",
+    ]
+  )
+  assert code == 0
+  aggregate = json.loads(out.read_text())["aggregate"]
+  assert 0.0 <= aggregate["mask_overlap"] <= 1.0  # the model's own masks
+  assert 1.0 <= aggregate["effective_mask_count"] <= 8.0
+  assert aggregate["stem_si_snri_gain_db"] == pytest.approx(
+    aggregate["stem_si_snri_db"] - aggregate["control_stem_si_snri_db"], abs=1e-9
+  )
+  model_dir = tmp_path / "exported"
+  export_lib.export_workdir(workdir, model_dir)
+  code = calibrate.main(
+    [
+      "--model",
+      str(model_dir),
+      "--data",
+      f"musdb:{tiny_musdb}",
+      "--tracks",
+      "2",
+      "--excerpts",
+      "1",
+      "--excerpt-seconds",
+      "1",
+    ]
+  )
+  assert code == 0
+  stem_map = export_lib.load_model(model_dir).stem_map
+  assert len(stem_map.output_to_stem) == 8
+  assert set(stem_map.output_to_stem) == set(export_lib.STEM_NAMES)
