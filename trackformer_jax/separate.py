@@ -737,15 +737,27 @@ def main(argv: Sequence[str] | None = None) -> int:
     return f"{track} -> {out_dir}/ ({', '.join(p.name for p in paths.values())})"
 
   failures = 0
+  # Two tracks with one name would write one folder; the later ones are refused, not lost.
+  first_with_name: dict[str, str] = {}
+  unique = []
+  for track in args.tracks:
+    other = first_with_name.setdefault(pathlib.Path(track).stem, track)
+    if other != track:
+      failures += 1
+      print(f"separate: {track}: same name as {other}; would overwrite it", file=sys.stderr)
+    else:
+      unique.append(track)
   with concurrent.futures.ThreadPoolExecutor(max_workers=max(1, args.jobs)) as pool:
-    futures = {pool.submit(separate_one, t): t for t in args.tracks}
+    futures = {pool.submit(separate_one, t): t for t in unique}
     for future in futures:  # in the order given, so messages are reproducible
       track = futures[future]
       try:
         print(future.result())
-      except (ValueError, RuntimeError, OSError, soundfile.LibsndfileError) as e:
+      except Exception as e:  # noqa: BLE001 - one bad track must not stop the others
         failures += 1
-        message = str(e) if track in str(e) else f"{track}: {e}"
+        message = str(e) if track in str(e) else f"{track}: {type(e).__name__}: {e}"
+        if isinstance(e, (ValueError, OSError)):
+          message = str(e) if track in str(e) else f"{track}: {e}"
         print(f"separate: {message}", file=sys.stderr)
   if failures:
     print(f"separate: {failures} of {len(args.tracks)} tracks failed", file=sys.stderr)
