@@ -181,3 +181,17 @@ def test_moisesdb_bad_json_is_named(tiny_moisesdb, tmp_path):
   assert len(source.skipped) == 1 and "data.json: unreadable JSON" in source.skipped[0][1]
   meta = json.loads(sorted((root / "moisesdb_v0.1").iterdir())[1].joinpath("data.json").read_text())
   assert meta["artist"] == "Tiny Artist"
+
+
+@pytest.mark.slow
+def test_default_chorales_is_rendered_on_first_use(tmp_path, monkeypatch):
+  from trackformer_jax.data import render
+
+  root = tmp_path / "repo" / "data" / "chorales"
+  monkeypatch.setattr(sources, "default_chorales_dir", lambda: root)
+  monkeypatch.setattr(render, "QUICKSTART_TRACKS", 1)
+  monkeypatch.setattr(render, "QUICKSTART_SECONDS", 1.0)
+  source = _open("chorales")
+  assert len(source.tracks) == 1 and source.has_stems and source.root == str(root)
+  assert source.tracks[0].num_frames == 8000  # 1 s at the requested 8 kHz
+  assert len(list(root.glob("*/*/mixture.wav"))) == 1

@@ -246,16 +246,23 @@ def _synthesise(
   return np.pad(rendered, ((0, 0), (0, frames - rendered.shape[1])))
 
 
+def _finished(out: Path, index: int) -> str | None:
+  """The folder of track ``index`` if it is finished (its meta.json, written last, exists)."""
+  for done in sorted(out.glob(f"*/{index:04d}-*/meta.json")):
+    return str(done.parent)
+  return None
+
+
 def render_track(
   index: int, out_dir: str, seconds: float, seed: int, soundfont: str, scores: list[str]
 ) -> str:
   """Renders track ``index`` (skipped if already finished); returns its folder."""
   import pretty_midi
 
+  done = _finished(Path(out_dir), index)
+  if done:
+    return done
   out = Path(out_dir)
-  for split in ("train", "test"):
-    for done in out.glob(f"{split}/{index:04d}-*/meta.json"):
-      return str(done.parent)
   rng = np.random.default_rng((seed, index))
   # Track i uses score i (then again with new draws once the list is used up); a score
   # that cannot be parsed or has the wrong number of voices passes to the next one.
@@ -404,7 +411,8 @@ def render_corpus(
   )
   bar = tqdm(total=tracks, desc=f"rendering {out_dir}", unit="track", disable=not progress)
   folders = {}
-  if jobs <= 1:
+  pending = [i for i in range(tracks) if not _finished(Path(out_dir), i)]
+  if jobs <= 1 or len(pending) <= 1:
     for index in range(tracks):
       folders[index] = work(index)
       bar.update()
