@@ -291,15 +291,18 @@ def test_nan_in_array_is_reported():
     (["--float32"], "FLOAT", "wav"),
     (["--flac"], "PCM_16", "flac"),
     (["--flac", "--int24"], "PCM_24", "flac"),
+    (["--ogg"], "VORBIS", "ogg"),
   ],
 )
 def test_cli_formats_jobs_and_plots(tmp_path, monkeypatch, flags, subtype, extension):
   model = band_split_model()
   monkeypatch.setattr(separate.export_lib, "load_model", lambda *a, **k: model)
   tracks = []
-  for i in range(2):
-    path = tmp_path / f"song{i}.flac"
-    audio.write_audio(path, band_tones(0.7, seed=i).sum(axis=0), RATE_HZ)
+  for i, extension_in in enumerate(("flac", "ogg")):  # inputs in two containers too
+    path = tmp_path / f"song{i}.{extension_in}"
+    # audio.write_audio offers no Vorbis subtype; soundfile writes the Ogg input directly.
+    subtype_in = "VORBIS" if extension_in == "ogg" else "PCM_16"
+    soundfile.write(path, band_tones(0.7, seed=i).sum(axis=0).T, RATE_HZ, subtype=subtype_in)
     tracks.append(str(path))
   plots = ["--plots"] if not flags else []
   code = separate.main(

@@ -336,7 +336,7 @@ class Separator:
         stems = self._name_outputs(block)
         for writer, stem in zip(writers, names):
           data = stems[stem].T
-          if subtype.startswith("PCM"):
+          if subtype.startswith("PCM") or subtype == "VORBIS":
             # libsndfile wraps around instead of clipping integer overflows.
             data = np.clip(data, -1.0, 1.0)
           writer.write(data)
@@ -695,6 +695,7 @@ def get_parser() -> argparse.ArgumentParser:
   fmt.add_argument("--flac", action="store_true", help="write FLAC")
   fmt.add_argument("--int24", action="store_true", help="24-bit integer samples")
   fmt.add_argument("--float32", action="store_true", help="32-bit float samples (wav only)")
+  fmt.add_argument("--ogg", action="store_true", help="write Ogg Vorbis (lossy)")
   parser.add_argument("--plots", action="store_true", help="one PNG per track")
   parser.add_argument("-j", "--jobs", type=int, default=1, help="tracks separated in parallel")
   parser.add_argument("--no-progress", action="store_true")
@@ -702,6 +703,10 @@ def get_parser() -> argparse.ArgumentParser:
 
 
 def _output_format(args) -> tuple[str, str]:
+  if args.ogg:
+    if args.flac or args.int24 or args.float32:
+      raise SeparationError("--ogg (Vorbis) excludes --flac, --int24 and --float32")
+    return "VORBIS", "OGG"
   if args.int24 and args.float32:
     raise SeparationError("--int24 and --float32 exclude each other")
   if args.flac and args.float32:
