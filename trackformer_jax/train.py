@@ -110,6 +110,12 @@ def validate_config(config: ml_collections.ConfigDict, num_devices: int | None =
   need(number("segment_seconds") > 0, "segment_seconds", "must be positive")
   _validate_data_spec(config.data)
   need(number("model.num_outputs") >= 2, "model.num_outputs", "MixIT needs at least 2 outputs")
+  from trackformer_jax import models
+
+  try:
+    models.check_model_config(config.model)
+  except ValueError as error:
+    raise ConfigError(str(error).splitlines()[0]) from None
   need(
     not config.get("init_from", ""),
     "init_from",
@@ -170,13 +176,16 @@ class TrainState:
 def learning_rate_schedule(config: ml_collections.ConfigDict) -> optax.Schedule:
   """Linear warm-up from 0 to ``learning_rate``, then cosine down to ``end_learning_rate``."""
   warmup = min(int(config.warmup_steps), int(config.num_train_steps))
-  return optax.warmup_cosine_decay_schedule(
+  schedule = optax.warmup_cosine_decay_schedule(
     init_value=0.0,
     peak_value=config.learning_rate,
     warmup_steps=warmup,
     decay_steps=max(int(config.num_train_steps), warmup + 1),
     end_value=config.end_learning_rate,
   )
+  # Read one step ahead: the warm-up starts at 0, and the first update should not be wasted
+  # on a learning rate of exactly zero.
+  return lambda count: schedule(count + 1)
 
 
 def _decay_mask(params: Any) -> Any:
@@ -210,6 +219,23 @@ def create_train_state(
     nonfinite_steps=jnp.zeros((), jnp.int32),
     consecutive_nonfinite=jnp.zeros((), jnp.int32),
   )
+
+
+def init_train_state(
+  config: ml_collections.ConfigDict,
+  model: nn.Module,
+  optimizer: optax.GradientTransformation,
+  mesh: Mesh,
+) -> TrainState:
+  """``create_train_state`` compiled, its arrays replicated over ``mesh``.
+
+  Compiled rather than run op by op: eagerly, initialising even a tiny model takes many
+  seconds of dispatch.
+  """
+  create = jax.jit(
+    lambda: create_train_state(config, model, optimizer), out_shardings=NamedSharding(mesh, P())
+  )
+  return create()
 
 
 # --------------------------------------------------------------------------------------------
@@ -281,7 +307,7 @@ def train_step(
   """
   grad_fn = jax.value_and_grad(training_loss, has_aux=True)
   (loss, parts), grads = grad_fn(state.params, model, batch, rng, config)
-  grad_norm = optax.global_norm(grads)
+  grad_norm = optax.tree.norm(grads)
   finite = jnp.isfinite(loss) & _all_finite(grads)
   updates, new_opt_state = optimizer.update(grads, state.opt_state, state.params)
   new_params = optax.apply_updates(state.params, updates)
@@ -686,10 +712,7 @@ def train_and_evaluate(
   state = checkpoints.restore_latest(manager, abstract_state, TrainState)
   resumed = state is not None
   if state is None:
-    replicated = NamedSharding(mesh, P())
-    state = jax.jit(
-      lambda: create_train_state(config, model, optimizer), out_shardings=replicated
-    )()
+    state = init_train_state(config, model, optimizer, mesh)
   if jax.process_index() == 0:
     checkpoints.write_config(workdir, config)
   start_step = int(jax.device_get(state.step))
