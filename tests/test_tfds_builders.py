@@ -11,18 +11,29 @@ def _prepare(builder_cls, manual_dir, data_dir, **config):
   config = tfds_builders.MultiStemConfig(name="tiny", sample_rate_hz=8000, channels=1, **config)
   builder = builder_cls(data_dir=str(data_dir), config=config)
   builder.download_and_prepare(
-    download_config=tfds.download.DownloadConfig(manual_dir=str(manual_dir))
+    download_config=tfds.download.DownloadConfig(
+      manual_dir=str(manual_dir), compute_stats=tfds.download.ComputeStatsMode.SKIP
+    )
   )
   return builder
 
 
 def _records(builder, split):
-  return list(tfds.as_numpy(builder.as_dataset(split=split, shuffle_files=False)))
+  # ArrayRecord (the builders' default) is read by random access, not as_dataset.
+  source = builder.as_data_source(split=split)
+  return [source[i] for i in range(len(source))]
+
+
+@pytest.fixture(scope="module")
+def prepared_musdb(tiny_musdb, tmp_path_factory):
+  """tiny_musdb prepared at 8 kHz mono in 0.75 s chunks (ArrayRecord, unshuffled)."""
+  out = tmp_path_factory.mktemp("tfds")
+  return _prepare(tfds_builders.Musdb18Hq, tiny_musdb, out, chunk_seconds=0.75)
 
 
 @pytest.mark.slow
-def test_musdb_builder_round_trips_chunks(tiny_musdb, tmp_path):
-  builder = _prepare(tfds_builders.Musdb18Hq, tiny_musdb, tmp_path, chunk_seconds=0.75)
+def test_musdb_builder_round_trips_chunks(tiny_musdb, prepared_musdb):
+  builder = prepared_musdb
   assert set(builder.info.splits) == {"train", "validation", "test"}
   source = sources.open_source(f"musdb:{tiny_musdb}", sample_rate_hz=8000, channels=1)
   for split in ("train", "validation", "test"):
@@ -63,3 +74,35 @@ def test_missing_or_wrong_manual_dir_is_named(tmp_path, tiny_folder):
     _prepare(tfds_builders.Musdb18Hq, tmp_path / "nowhere", tmp_path / "out")
   with pytest.raises(sources.DataError, match=f"{tiny_folder}: wrong layout for musdb"):
     _prepare(tfds_builders.Musdb18Hq, tiny_folder, tmp_path / "out")
+
+
+@pytest.mark.slow
+def test_prepared_dataset_is_a_data_source(tiny_musdb, prepared_musdb, tiny_config):
+  from trackformer_jax import input_pipeline
+
+  directory = str(prepared_musdb.data_dir)
+  prepared = sources.open_source(f"tfds:{directory}", sample_rate_hz=8000, channels=1)
+  direct = sources.open_source(f"musdb:{tiny_musdb}", sample_rate_hz=8000, channels=1)
+  assert prepared.has_stems and prepared.kind == "tfds"
+  for split in sources.SPLITS:
+    chunks = prepared.split(split)
+    tracks = {t.track_id: t for t in direct.split(split)}
+    assert {c.track_id.split("@")[0] for c in chunks} == set(tracks)
+    # Record i is the chunk the metadata index says (records kept in generation order).
+    for chunk in chunks[:: max(len(chunks) // 3, 1)]:
+      track_id, start = chunk.track_id.split("@")
+      expected = tracks[track_id].read_stems(int(start) + 100, 1000)
+      np.testing.assert_allclose(chunk.read_stems(100, 1000), expected, atol=1 / 32768)
+  (batch,) = [next(input_pipeline.train_batches(tiny_config(f"tfds:{directory}")))]
+  assert batch["stems"].shape == (2, 2, 4, 1, 4000)
+  np.testing.assert_array_equal(batch["mom"], batch["mixtures"].sum(1))
+
+
+@pytest.mark.slow
+def test_tfds_spec_errors(tmp_path, prepared_musdb):
+  with pytest.raises(sources.DataError, match="prepared TFDS folder does not exist"):
+    sources.open_source(f"tfds:{tmp_path / 'none'}", sample_rate_hz=8000, channels=1)
+  with pytest.raises(sources.DataError, match="not a prepared TFDS dataset"):
+    sources.open_source(f"tfds:{tmp_path}", sample_rate_hz=8000, channels=1)
+  with pytest.raises(sources.DataError, match="prepared at 8000 Hz but 44100 Hz"):
+    sources.open_source(f"tfds:{prepared_musdb.data_dir}", sample_rate_hz=44100, channels=1)

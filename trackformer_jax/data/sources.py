@@ -8,6 +8,8 @@ Specs (the same syntax as ``config.data`` and evaluate's ``--data``)::
   moisesdb:PATH       MOISESDB: PATH[/moisesdb_v0.1]/<uuid>/data.json + <stem>/<source>.wav
   moisesdb4:PATH      MOISESDB, only songs that have all four of vocals/bass/drums/other
   folder:PATH         any audio files under PATH, recursively; unlabeled (no stems)
+  tfds:DIR            a dataset prepared by data/tfds_builders.py (its version folder, on any
+                      filesystem tf.io.gfile reaches, e.g. gs://...), read by random access
 
 Splits ("train", "validation", "test"), all by song so that no song is in two splits:
 
@@ -17,6 +19,9 @@ Splits ("train", "validation", "test"), all by song so that no song is in two sp
   train = ``train/``; validation and test = ``test/``.
 * ``moisesdb``, ``folder``: 80 % / 20 % by a stable hash of the song id (the seed's
   protocol): train = the 80 %; validation and test = the held-out 20 %.
+* ``tfds``: the prepared splits (those of the corpus it was prepared from); where there is
+  no test split (MOISESDB), test = validation. Its "tracks" are the prepared chunks, so
+  crops never cross a chunk boundary: prepare with ``chunk_seconds`` >= the crop length.
 
 Every track reads at the source's ``sample_rate_hz`` and ``channels`` (resampled and
 converted by :mod:`trackformer_jax.audio`), one segment at a time.
@@ -34,6 +39,7 @@ import hashlib
 import json
 import logging
 import os
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -163,6 +169,8 @@ class Source:
   channels: int
   tracks: list[Track]
   skipped: list[tuple[str, str]]  # (track path, problem)
+  # Sources without a separate test set serve their held-out 20 % as both.
+  test_is_validation: bool = False
 
   @property
   def has_stems(self) -> bool:
@@ -172,11 +180,9 @@ class Source:
     """The tracks of one split, in a stable (sorted by id) order."""
     if name not in SPLITS:
       raise DataError(f"{self.spec}: unknown split {name!r}; expected one of {SPLITS}")
-    return [t for t in self.tracks if t.split == name or (name == "test" and self._test_is(t))]
-
-  def _test_is(self, track: Track) -> bool:
-    # Where a source has no separate test set, its held-out 20 % serves as both.
-    return self.kind in ("moisesdb", "folder", "chorales") and track.split == "validation"
+    if name == "test" and self.test_is_validation:
+      name = "validation"
+    return [t for t in self.tracks if t.split == name]
 
 
 def _track_from_files(
@@ -329,16 +335,18 @@ def _ensure_default_chorales() -> Path:
   return root
 
 
-def parse_spec(spec: str) -> tuple[str, Path | None]:
+def parse_spec(spec: str) -> tuple[str, Path | str | None]:
   """``"musdb:/data/x" -> ("musdb", Path("/data/x"))``; raises DataError if malformed."""
   kind, _, path = spec.partition(":")
-  kinds = ("chorales", "musdb", "moisesdb", "moisesdb4", "folder")
+  kinds = ("chorales", "musdb", "moisesdb", "moisesdb4", "folder", "tfds")
   if kind not in kinds:
     raise DataError(f"data spec {spec!r}: unknown kind {kind!r}; expected one of {kinds}")
   if not path:
     if kind != "chorales":
       raise DataError(f"data spec {spec!r}: {kind} needs a path, e.g. {kind}:/data/{kind}")
     return kind, None
+  if kind == "tfds":  # may be a URL such as gs://bucket/dir: keep it as a string
+    return kind, path
   return kind, Path(os.path.expanduser(path))
 
 
@@ -349,6 +357,8 @@ def open_source(spec: str, *, sample_rate_hz: int, channels: int, strict: bool =
   raises DataError; ``strict`` also scans every sample for NaN/inf.
   """
   kind, root = parse_spec(spec)
+  if kind == "tfds":
+    return _open_tfds(spec, root, sample_rate_hz=sample_rate_hz, channels=channels)
   if root is None:
     root = _ensure_default_chorales()
   if not root.exists():
@@ -405,4 +415,113 @@ def open_source(spec: str, *, sample_rate_hz: int, channels: int, strict: bool =
     channels=channels,
     tracks=tracks,
     skipped=skipped,
+    test_is_validation=kind != "musdb",
+  )
+
+
+class _TfdsSplit:
+  """One split of a prepared TFDS dataset, opened for random access on first read."""
+
+  def __init__(self, directory: str, split: str):
+    self.directory, self.split = directory, split
+    self._records = None
+    self._lock = threading.Lock()
+
+  def record(self, index: int) -> dict:
+    if self._records is None:
+      with self._lock:
+        if self._records is None:
+          import tensorflow_datasets as tfds
+
+          self._records = tfds.builder_from_directory(self.directory).as_data_source(self.split)
+    return self._records[index]
+
+
+@dataclasses.dataclass(frozen=True)
+class TfdsTrack:
+  """One prepared chunk, read like a :class:`Track` (same fields and readers)."""
+
+  track_id: str
+  song_id: str
+  split: str
+  num_frames: int
+  sample_rate_hz: int
+  channels: int
+  mixture_files: tuple[str, ...]  # one pseudo-path naming the record, for messages
+  records: _TfdsSplit
+  index: int
+  has_stems: bool = True
+
+  def _read(self, names: tuple[str, ...], start: int, frames: int) -> np.ndarray:
+    """``[len(names), channels, frames]`` float32, zero-padded past the chunk's end."""
+    record = self.records.record(self.index)
+    out = np.zeros((len(names), self.channels, frames), np.float32)
+    for k, name in enumerate(names):
+      data = record[name][start : start + frames].T.astype(np.float32) / 32768.0
+      out[k, :, : data.shape[1]] = audio.convert_channels(
+        data, self.channels, path=self.mixture_files[0]
+      )
+    return out
+
+  def read_mixture(self, start: int = 0, frames: int | None = None) -> np.ndarray:
+    frames = self.num_frames - start if frames is None else frames
+    return self._read(("mixture",), start, frames)[0]
+
+  def read_stems(self, start: int = 0, frames: int | None = None) -> np.ndarray:
+    frames = self.num_frames - start if frames is None else frames
+    return self._read(STEM_NAMES, start, frames)
+
+
+def _open_tfds(spec: str, directory: str, *, sample_rate_hz: int, channels: int) -> Source:
+  import tensorflow as tf
+  import tensorflow_datasets as tfds
+
+  if not tf.io.gfile.isdir(directory):
+    raise DataError(f"{directory}: prepared TFDS folder does not exist (from {spec!r})")
+  try:
+    builder = tfds.builder_from_directory(directory)
+  except Exception as e:  # tfds raises several types for a folder that is not a dataset
+    raise DataError(f"{directory}: not a prepared TFDS dataset ({type(e).__name__}: {e})") from None
+  metadata = builder.info.metadata or {}
+  if "chunks" not in metadata:
+    raise DataError(
+      f"{directory}: no chunk index in metadata.json; prepare it with "
+      "trackformer_jax.data.tfds_builders"
+    )
+  prepared_rate = int(metadata["sample_rate_hz"])
+  if prepared_rate != sample_rate_hz:
+    raise DataError(
+      f"{directory}: prepared at {prepared_rate} Hz but {sample_rate_hz} Hz is asked for; "
+      "prepare a builder config at that rate"
+    )
+  if str(builder.info.file_format) not in ("array_record", "FileFormat.ARRAY_RECORD"):
+    raise DataError(f"{directory}: records are {builder.info.file_format}, not array_record")
+  tracks = []
+  for split, chunks in metadata["chunks"].items():
+    records = _TfdsSplit(directory, split)
+    for index, (track_id, song_id, start, frames) in enumerate(chunks):
+      tracks.append(
+        TfdsTrack(
+          track_id=f"{track_id}@{start}",
+          song_id=song_id,
+          split=split,
+          num_frames=int(frames),
+          sample_rate_hz=sample_rate_hz,
+          channels=channels,
+          mixture_files=(f"{directory}[{split}][{index}]",),
+          records=records,
+          index=index,
+        )
+      )
+  if not tracks:
+    raise DataError(f"{directory}: the prepared dataset holds no chunks")
+  return Source(
+    spec=spec,
+    kind="tfds",
+    root=directory,
+    sample_rate_hz=sample_rate_hz,
+    channels=channels,
+    tracks=tracks,
+    skipped=[],
+    test_is_validation="test" not in metadata["chunks"],
   )

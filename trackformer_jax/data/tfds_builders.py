@@ -10,7 +10,7 @@ Each example::
 
   track_id  str                        e.g. "train/Actions - One Minute Smile"
   song_id   str                        the split grouping key
-  chunk     int                        chunk number within the track
+  chunk     int                        the record's number within its split
   start_frame int                      its first frame in the track
   mixture   Audio int16 [time, channels]
   vocals, bass, drums, other  Audio int16 [time, channels]
@@ -18,12 +18,18 @@ Each example::
 Samples are 16-bit (MUSDB18-HQ and MOISESDB are 16-bit already); a MOISESDB mixture,
 being the sum of its stem files, is clipped to full scale in the rare case it exceeds it.
 
+Records are written in ArrayRecord format, unshuffled, with a chunk index in the
+dataset's metadata (``metadata.json``: per split, ``[track_id, song_id, start_frame,
+frames]`` in record order), so the training pipeline can open a prepared dataset as the
+data spec ``tfds:<prepared dir>`` (see sources.py) and read any chunk by random access,
+from any filesystem ``tf.io.gfile`` reaches, without scanning the records.
+
 Usage::
 
-  builder = Musdb18Hq(data_dir="~/tensorflow_datasets")
+  builder = Musdb18Hq(data_dir="/data/tfds")  # or Moisesdb; config="mono_44k"
   builder.download_and_prepare(
       download_config=tfds.download.DownloadConfig(manual_dir="/data/musdb18hq"))
-  ds = builder.as_dataset(split="train")
+  # then train with --config.data=tfds:/data/tfds/musdb18_hq/stereo_44k/1.0.0
 """
 
 from __future__ import annotations
@@ -65,6 +71,10 @@ class _MultiStemBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True)
   SPEC_KIND = ""
   SPLIT_NAMES: tuple[str, ...] = ()
 
+  def __init__(self, *, file_format=None, **kwargs):
+    # ArrayRecord gives the random access the training pipeline's crops need.
+    super().__init__(file_format=file_format or "array_record", **kwargs)
+
   def _info(self) -> tfds.core.DatasetInfo:
     config = self.builder_config
     audio = tfds.features.Audio(
@@ -82,6 +92,9 @@ class _MultiStemBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True)
       features=tfds.features.FeaturesDict(features),
       supervised_keys=None,
       homepage="https://github.com/",
+      # Records stay in generation order, so the chunk index below maps index -> record.
+      disable_shuffling=True,
+      metadata=tfds.core.MetadataDict(),
     )
 
   def _split_generators(self, dl_manager: tfds.download.DownloadManager):
@@ -91,24 +104,34 @@ class _MultiStemBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True)
       sample_rate_hz=config.sample_rate_hz,
       channels=config.channels,
     )
-    return {split: self._generate_examples(source.split(split)) for split in self.SPLIT_NAMES}
-
-  def _generate_examples(self, tracks):
-    config = self.builder_config
     chunk_frames = int(round(config.chunk_seconds * config.sample_rate_hz))
-    for track in tracks:
-      for chunk, start in enumerate(range(0, track.num_frames, chunk_frames)):
-        frames = min(chunk_frames, track.num_frames - start)
-        stems = track.read_stems(start, frames)
-        example = {
-          "track_id": track.track_id,
-          "song_id": track.song_id,
-          "chunk": chunk,
-          "start_frame": start,
-          "mixture": _to_int16(track.read_mixture(start, frames)),
-        }
-        example.update({n: _to_int16(s) for n, s in zip(sources.STEM_NAMES, stems)})
-        yield f"{track.track_id}/{chunk:05d}", example
+    chunks = {}
+    for split in self.SPLIT_NAMES:
+      chunks[split] = [
+        [track.track_id, track.song_id, start, min(chunk_frames, track.num_frames - start)]
+        for track in source.split(split)
+        for start in range(0, track.num_frames, chunk_frames)
+      ]
+    self.info.metadata["chunks"] = chunks
+    self.info.metadata["sample_rate_hz"] = config.sample_rate_hz
+    self.info.metadata["channels"] = config.channels
+    tracks = {t.track_id: t for t in source.tracks}
+    return {split: self._generate_examples(chunks[split], tracks) for split in self.SPLIT_NAMES}
+
+  def _generate_examples(self, chunks, tracks):
+    for number, (track_id, song_id, start, frames) in enumerate(chunks):
+      track = tracks[track_id]
+      stems = track.read_stems(start, frames)
+      example = {
+        "track_id": track_id,
+        "song_id": song_id,
+        "chunk": number,
+        "start_frame": start,
+        "mixture": _to_int16(track.read_mixture(start, frames)),
+      }
+      example.update({n: _to_int16(s) for n, s in zip(sources.STEM_NAMES, stems)})
+      # Zero-padded keys sort in generation order.
+      yield f"{number:08d}", example
 
 
 class Musdb18Hq(_MultiStemBuilder):
