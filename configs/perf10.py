@@ -4,7 +4,9 @@ warm-up and cosine decay 1e-4 -> 1e-5, mono at 44.1 kHz.
 
   python -m trackformer_jax.main --config=configs/perf10.py [--config.data=musdb:PATH]
 
-Audio-MAE initialisation is optional: point ``--config.init_from`` at a pre-training workdir.
+Starts from the Audio-MAE encoder of ``runs/mae_pretrain``, so pre-train first (once for all
+four): ``python -m trackformer_jax.main --config=configs/mae_pretrain.py``; without it, training
+stops with an error naming that workdir. The ablation without pre-training: ``perf10_nomae.py``.
 """
 
 from configs import default
@@ -14,4 +16,5 @@ def get_config():
   config = default.get_config()
   config.model.name = "performer"
   config.segment_seconds = 10.0
+  config.init_from = "runs/mae_pretrain"
   return config

@@ -82,7 +82,7 @@ def validate_config(config: ml_collections.ConfigDict, num_devices: int | None =
       raise ConfigError(f"config.{field} = {value!r}: expected a finite number")
     return value
 
-  need(config.get("task", "mixit") == "mixit", "task", "this trainer runs task 'mixit'")
+  need(config.get("task", "mixit") in ("mixit", "mae"), "task", "expected 'mixit' or 'mae'")
   need(number("num_train_steps") >= 1, "num_train_steps", "must be at least 1")
   need(number("batch_size") >= 1, "batch_size", "must be at least 1")
   if num_devices is not None:
@@ -116,11 +116,11 @@ def validate_config(config: ml_collections.ConfigDict, num_devices: int | None =
     models.check_model_config(config.model)
   except ValueError as error:
     raise ConfigError(str(error).splitlines()[0]) from None
-  need(
-    not config.get("init_from", ""),
-    "init_from",
-    "initialising from a pre-training run is not supported by this trainer yet",
-  )
+  need(isinstance(config.get("init_from", ""), str), "init_from", "expected a workdir or ''")
+  if config.get("task", "mixit") == "mae":
+    from trackformer_jax import pretrain
+
+    pretrain.validate_mae_config(config)
   if config.model.get("frontend") == "stft" and config.model.name != "convtasnet":
     segment = int(round(config.segment_seconds * config.sample_rate_hz))
     need(number("model.hop") >= 1, "model.hop", "must be at least 1")
@@ -690,6 +690,10 @@ def train_and_evaluate(
   """
   from trackformer_jax import models
 
+  if config.get("task", "mixit") == "mae":
+    from trackformer_jax import pretrain
+
+    return pretrain.pretrain_and_evaluate(config, workdir, stop_after_step=stop_after_step)
   workdir = pathlib.Path(workdir)
   mesh = create_mesh()
   validate_config(config, num_devices=mesh.devices.size)
@@ -713,6 +717,11 @@ def train_and_evaluate(
   resumed = state is not None
   if state is None:
     state = init_train_state(config, model, optimizer, mesh)
+    if config.get("init_from", ""):
+      # Audio-MAE weights into the fresh params; Adam's moments start at zero either way.
+      from trackformer_jax import pretrain
+
+      state = state.replace(params=pretrain.transfer_encoder(state.params, config))
   if jax.process_index() == 0:
     checkpoints.write_config(workdir, config)
   start_step = int(jax.device_get(state.step))

@@ -1,0 +1,13 @@
+"""``perf5.py`` without Audio-MAE pre-training (the ablation): the separator starts from
+random weights; everything else is the same.
+
+  python -m trackformer_jax.main --config=configs/perf5_nomae.py [--config.data=musdb:PATH]
+"""
+
+from configs import perf5
+
+
+def get_config():
+  config = perf5.get_config()
+  config.init_from = ""
+  return config
