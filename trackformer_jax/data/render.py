@@ -71,6 +71,7 @@ _INNER_PROGRAMS = (0, 4, 6, 11, 16, 19, 24, 25, 26, 41, 42, 46, 48, 49, 60, 61, 
 # GM drum notes.
 _KICK, _SNARE, _HAT, _OPEN_HAT, _RIDE, _CRASH = 36, 38, 42, 46, 51, 49
 _TOMS = (50, 48, 47, 45, 43)
+_DRUMS_OFFSET_DB = 10.0
 
 
 def score_paths() -> list[str]:
@@ -332,7 +333,12 @@ def render_track(
       )
     ],
   }
-  gains_db = {name: float(rng.uniform(-8.0, 0.0)) for name in STEM_NAMES}
+  # FluidR3's kit at the velocities above sits ~15 dB under the pitched patches (measured
+  # on rendered tracks); the offset brings drums to a pop-mix level before the random gain.
+  gains_db = {
+    name: float(rng.uniform(-8.0, 0.0)) + (_DRUMS_OFFSET_DB if name == "drums" else 0.0)
+    for name in STEM_NAMES
+  }
   peak_target = float(rng.uniform(0.5, 0.9))
 
   with tempfile.TemporaryDirectory(prefix=f"render-{index:04d}-") as workdir:
