@@ -181,6 +181,10 @@ def test_registry_errors_name_the_field():
     models.create_model(model_config(d_model=30, num_heads=4))
   with pytest.raises(ValueError, match=r"config\.model\.n_fft"):
     models.create_model(model_config(n_fft=250, hop=64))
+  with pytest.raises(ValueError, match=r"config\.model\.n_fft = 64.*2·hop"):
+    models.create_model(model_config(n_fft=64, hop=64))
+  with pytest.raises(ValueError, match=r"config\.model\.tasnet_L"):
+    models.create_model(model_config("convtasnet", tasnet_L=15))
 
 
 @pytest.mark.slow

@@ -53,7 +53,11 @@ def check_model_config(model_config: ml_collections.ConfigDict) -> None:
   need(c.pos_conv_kernel >= 1, "pos_conv_kernel", "must be >= 1")
   need(0.0 <= c.dropout_rate < 1.0, "dropout_rate", "must be in [0, 1)")
   if c.frontend == "stft":
-    need(c.hop >= 1 and c.n_fft % c.hop == 0, "n_fft", f"must be a multiple of hop ({c.hop})")
+    need(
+      c.hop >= 1 and c.n_fft % c.hop == 0 and c.n_fft >= 2 * c.hop,
+      "n_fft",
+      f"must be a multiple of hop ({c.hop}) and at least 2·hop, for an invertible STFT",
+    )
   else:
     need(c.encoder_window >= c.encoder_stride >= 1, "encoder_stride", "must be in [1, window]")
 

@@ -101,8 +101,8 @@ def istft(spectrum: jax.Array, n_fft: int, hop: int, length: int) -> jax.Array:
   )
   envelope = envelope.reshape(num_blocks * hop)
   half = n_fft // 2
-  # Inside the cropped range a Hann window at hop <= n_fft/2 keeps the envelope >= ~1, the
-  # floor only guards the outermost samples when hop = n_fft.
+  # Inside the cropped range a Hann window at hop <= n_fft/2 keeps the envelope >= 0.5 (1.5
+  # everywhere at hop = n_fft/4); the floor only guards the padding at the outer edges.
   audio = audio / jnp.maximum(envelope, 1e-8)
   return audio[..., half : half + length]
 
