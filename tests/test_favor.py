@@ -73,7 +73,8 @@ def test_error_falls_with_features_and_is_small_at_256():
   counts = sorted(errors)
   for fewer, more in zip(counts, counts[1:]):
     assert errors[more] < errors[fewer], errors
-  # ~1/√m scaling; measured 0.23 at 256 features (0.71 / 0.41 / 0.23 / 0.13). Tolerance 0.3.
+  # ~1/√m scaling: measured 0.73 / 0.39 / 0.25 / 0.14 at 16 / 64 / 256 / 1024 features (fixed
+  # seeds); 0.3 leaves room for platform rounding, and is what std-0.5 inputs allow at 256.
   assert errors[256] < 0.3, errors
 
 
