@@ -93,3 +93,16 @@ def test_cli_reports_a_missing_soundfont(tmp_path, capsys):
   code = render.main(["--out", str(tmp_path), "--tracks", "1", "--soundfont", "/no/such.sf2"])
   assert code == 1
   assert "/no/such.sf2: SoundFont not found" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_unfinished_track_is_skipped_and_named(tiny_chorales, tmp_path):
+  import shutil
+
+  root = tmp_path / "c"
+  shutil.copytree(tiny_chorales, root)
+  unfinished = _tracks(root)[0]
+  (unfinished / "meta.json").unlink()
+  source = sources.open_source(f"chorales:{root}", sample_rate_hz=8000, channels=1)
+  assert len(source.tracks) == 2 and len(source.skipped) == 1
+  assert f"{unfinished}: unfinished render" in source.skipped[0][1]

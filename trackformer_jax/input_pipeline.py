@@ -27,6 +27,7 @@ sum only by rounding), so the stems are exact references for evaluation.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 import math
 import time
@@ -84,6 +85,12 @@ def rms_db(x: np.ndarray) -> float:
   return 10.0 * math.log10(float(np.mean(np.square(x, dtype=np.float64))) + 1e-20)
 
 
+@functools.lru_cache(maxsize=8)
+def _epoch_order(seed: int, host: int, epoch: int, num_tracks: int) -> np.ndarray:
+  """The seeded track order of one epoch (cached: consecutive examples share an epoch)."""
+  return np.random.default_rng((seed, host, 1, epoch)).permutation(num_tracks)
+
+
 @dataclasses.dataclass(frozen=True)
 class ExampleMaker:
   """Builds example ``i`` of one host's stream, a pure function of ``(seed, host, i)``."""
@@ -100,10 +107,8 @@ class ExampleMaker:
 
   def track_at(self, position: int) -> int:
     """Shuffle + repeat: a fresh seeded order of the tracks for every epoch."""
-    n = len(self.tracks)
-    epoch, offset = divmod(int(position), n)
-    order = np.random.default_rng((self.seed, self.host, 1, epoch)).permutation(n)
-    return int(order[offset])
+    epoch, offset = divmod(int(position), len(self.tracks))
+    return int(_epoch_order(self.seed, self.host, epoch, len(self.tracks))[offset])
 
   def _crop(self, track: sources.Track, rng: np.random.Generator) -> np.ndarray:
     """A random crop -> ``[4, C, T]`` stems, or ``[1, C, T]`` mixture when unlabeled."""

@@ -254,6 +254,10 @@ def _musdb_layout_candidates(root: Path, kind: str):
       name = track_dir.name
       song = name
       meta = track_dir / "meta.json"
+      if kind == "chorales" and not meta.is_file():
+        problem = f"{track_dir}: unfinished render (no meta.json); rerun the renderer to finish it"
+        yield f"{folder}/{name}", song, None, problem, None
+        continue
       if meta.is_file():
         try:
           song = json.loads(meta.read_text()).get("song", name)
