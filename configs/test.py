@@ -26,4 +26,15 @@ def get_config():
   m.tasnet_Sc = 16
   m.tasnet_X = 3
   m.tasnet_R = 2
+  # Training fields for tests/test_train.py: a short schedule with a brisk learning rate, so
+  # that 20 steps measurably lower the loss; few eval examples; frequent bookkeeping.
+  config.batch_size = 4
+  config.num_train_steps = 20
+  config.warmup_steps = 2
+  config.learning_rate = 1e-3
+  config.end_learning_rate = 1e-4
+  config.num_eval_examples = 8
+  config.log_every_steps = 5
+  config.eval_every_steps = 10
+  config.checkpoint_every_steps = 10
   return config

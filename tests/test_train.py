@@ -27,24 +27,14 @@ if str(REPO) not in sys.path:
   sys.path.insert(0, str(REPO))
 
 
-# Every run below shares these, so they all compile the same programs (the schedule's length
-# is part of the train step): the first test pays for compilation, the others hit the cache.
-TRAINING = dict(
-  batch_size=4,
-  num_train_steps=20,
-  warmup_steps=2,
-  learning_rate=1e-3,
-  end_learning_rate=1e-4,
-  num_eval_examples=8,
-)
-
-
+# configs/test.py fixes the schedule (20 steps); every run below keeps it, so they all compile
+# the same programs: the first test pays for compilation, the others hit the cache.
 def load_test_config(data_spec: str, **overrides):
   from configs import test as test_config
 
   config = test_config.get_config()
   config.data = data_spec
-  for name, value in {**TRAINING, **overrides}.items():
+  for name, value in overrides.items():
     setattr(config, name, value)
   return config
 
@@ -242,7 +232,7 @@ _STEPS_IN_SUBPROCESS = textwrap.dedent(
 
 @pytest.mark.slow
 def test_four_devices_give_the_same_params_as_one(tiny_musdb, tmp_path):
-  overrides = {**TRAINING, "data": f"musdb:{tiny_musdb}"}
+  overrides = {"data": f"musdb:{tiny_musdb}"}
   params = {}
   for devices in (1, 4):
     # The device count is fixed when jax starts, so each count gets its own process.
@@ -330,3 +320,27 @@ def test_a_second_training_on_a_busy_workdir_refuses(tiny_musdb, tmp_path):
       train.train_and_evaluate(load_test_config(f"musdb:{tiny_musdb}"), workdir)
   finally:
     lock.close()
+
+
+@pytest.mark.slow
+def test_the_colab_notebook_runs_in_tiny_mode(tiny_musdb, tmp_path, monkeypatch):
+  notebook = json.loads((REPO / "launch" / "colab.ipynb").read_text())
+  assert notebook["nbformat"] == 4
+  cells = [cell for cell in notebook["cells"] if cell["cell_type"] == "code"]
+  workdir = tmp_path / "runs" / "colab"
+  monkeypatch.setenv("TRACKFORMER_COLAB_TINY", "1")
+  monkeypatch.setenv("TRACKFORMER_COLAB_DATA", f"musdb:{tiny_musdb}")
+  monkeypatch.setenv("TRACKFORMER_COLAB_WORKDIR", str(workdir))
+  monkeypatch.setenv("TRACKFORMER_REPO", str(REPO))
+  # The notebook's training subprocess reuses what this module already compiled.
+  monkeypatch.setenv("JAX_COMPILATION_CACHE_DIR", jax.config.jax_compilation_cache_dir)
+  monkeypatch.setenv("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
+  monkeypatch.chdir(tmp_path)  # the notebook changes directory; this restores it
+  namespace: dict = {}
+  for index, cell in enumerate(cells):
+    source = "".join(cell["source"])
+    exec(compile(source, f"colab.ipynb code cell {index}", "exec"), namespace)  # noqa: S102
+  assert namespace["evaluations"], "the notebook printed no evaluation"
+  assert (workdir / "config.json").is_file()
+  exported = pathlib.Path(namespace["EXPORT_DIR"])
+  assert exported.is_dir() and any(exported.iterdir())

@@ -443,6 +443,7 @@ def eval_step(
     jnp.broadcast_to(_flatten_audio(mom)[:, None], reference.shape),
   )
   out = {
+    "eval_weight": batch["eval_weight"] if "eval_weight" in batch else jnp.ones_like(loss),
     "mixit_loss": loss,
     "mom_si_snri_db": jnp.mean(mom_si_snri, axis=1),
     # diversity_loss averages over the batch; vmap over single examples keeps them apart.
@@ -521,9 +522,12 @@ def evaluate(
   per_example, weights = [], []
   for batch in batches:
     padded, w = _pad_batch(batch, jax.local_device_count())
-    device_batch = _to_global(padded, mesh)
-    per_example.append(jax.device_get(eval_fn(params, device_batch)))
-    weights.append(w)
+    # The weights travel with the batch so that, with several hosts, each example's weight
+    # comes back beside its scores in the gathered (replicated) output.
+    scores = eval_fn(params, _to_global({**padded, "eval_weight": w}, mesh))
+    scores = {name: _host(value) for name, value in scores.items()}
+    weights.append(scores.pop("eval_weight"))
+    per_example.append(scores)
   return summarize_eval(per_example, weights) if per_example else {}
 
 
@@ -537,6 +541,13 @@ def best_score(scores: Mapping[str, float]) -> float:
 
 # --------------------------------------------------------------------------------------------
 # Host-side plumbing: batches onto the mesh, metric writers, progress, the workdir lock.
+
+
+def _host(value: Any) -> np.ndarray:
+  """A replicated array's value on this host (``device_get`` refuses arrays spanning hosts)."""
+  if isinstance(value, jax.Array):
+    return np.asarray(value.addressable_data(0))
+  return np.asarray(value)
 
 
 def _to_global(batch: Mapping[str, np.ndarray], mesh: Mesh) -> dict[str, jax.Array]:
@@ -724,8 +735,10 @@ def train_and_evaluate(
       state = state.replace(params=pretrain.transfer_encoder(state.params, config))
   if jax.process_index() == 0:
     checkpoints.write_config(workdir, config)
-  start_step = int(jax.device_get(state.step))
-  base_rng = jax.device_get(state.rng)
+  start_step = int(_host(state.step))
+  # Step keys are derived on the host's CPU device: deriving them on the accelerator would
+  # queue behind the running step and make the host wait for it.
+  base_rng = jax.device_put(_host(state.rng), jax.local_devices(backend="cpu")[0])
   writer = create_writer(workdir, start_step if resumed else None)
   if resumed:
     logging.info("resuming at step %d", start_step)
@@ -738,7 +751,7 @@ def train_and_evaluate(
   eval_fn = jax.jit(
     lambda params, batch: eval_step(params, batch, model=model, config=config),
     in_shardings=(NamedSharding(mesh, P()), NamedSharding(mesh, P("data"))),
-    out_shardings=NamedSharding(mesh, P("data")),
+    out_shardings=NamedSharding(mesh, P()),
   )
 
   last_step = config.num_train_steps
@@ -771,7 +784,7 @@ def train_and_evaluate(
   try:
     while step < last_step:
       batch = _to_global(keep(next(batches)), mesh)
-      step_rng = jax.random.fold_in(base_rng, step)
+      step_rng = np.asarray(jax.random.fold_in(base_rng, step))
       state, metrics = step_fn(state, batch, step_rng)
       step += 1
       interval_steps += 1
@@ -785,7 +798,7 @@ def train_and_evaluate(
       # Read the previous step's counters, not this one's, so the host never waits on the
       # step it just launched; a run of skipped steps stops at most one step late.
       if previous_metrics is not None:
-        consecutive = int(previous_metrics["consecutive_nonfinite"])
+        consecutive = int(_host(previous_metrics["consecutive_nonfinite"]))
         if consecutive >= config.max_consecutive_nonfinite:
           raise NonFiniteError(
             f"stopped at step {step - 1}: {consecutive} consecutive steps had a non-finite "
@@ -798,12 +811,13 @@ def train_and_evaluate(
       is_eval = step % config.eval_every_steps == 0 or step == config.num_train_steps
       is_checkpoint = step % config.checkpoint_every_steps == 0 or step == last_step
       if step % config.log_every_steps == 0 or step == last_step:
-        averaged = jax.device_get(
-          jax.tree.map(lambda *values: jnp.mean(jnp.stack(values)), *accumulated)
-        )
+        averaged = {
+          name: float(np.mean([_host(metrics[name]) for metrics in accumulated]))
+          for name in accumulated[-1]
+        }
         # Counters are states, not rates: report their newest value.
         for name in ("nonfinite_steps", "consecutive_nonfinite"):
-          averaged[name] = jax.device_get(accumulated[-1][name])
+          averaged[name] = float(_host(accumulated[-1][name]))
         accumulated = []
         elapsed = time.perf_counter() - interval_start - paused
         steps_per_second = interval_steps / max(elapsed, 1e-9) if interval_steps else 0.0
@@ -836,7 +850,7 @@ def train_and_evaluate(
         pause_start = time.perf_counter()
         # Never checkpoint in the middle of a run of skipped steps: the params are those of
         # the last good step anyway, and the stop message promises that checkpoint is kept.
-        if int(jax.device_get(state.consecutive_nonfinite)) == 0:
+        if int(_host(state.consecutive_nonfinite)) == 0:
           scores = run_eval(step) if is_eval else {}
           checkpoint_metrics = {"best_score": scores["best_score"]} if scores else None
           checkpoints.save(manager, state, step, checkpoint_metrics)
