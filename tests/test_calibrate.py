@@ -20,8 +20,10 @@ def banded_musdb(tmp_path):
   for i in range(3):
     tones = band_tones(2.5, seed=10 + i)  # [8, 1, T]
     stems = np.stack(
-      [tones[[b for b, s in enumerate(TRUE_MAP) if s == stem]].sum(axis=0)
-       for stem in export_lib.STEM_NAMES]
+      [
+        tones[[b for b, s in enumerate(TRUE_MAP) if s == stem]].sum(axis=0)
+        for stem in export_lib.STEM_NAMES
+      ]
     )
     folder = root / "train" / f"Song {i}"
     for stem, signal in zip(export_lib.STEM_NAMES, stems):
@@ -32,7 +34,11 @@ def banded_musdb(tmp_path):
 
 def test_calibration_recovers_the_true_map(banded_musdb):
   stem_map = calibrate.calibrate(
-    band_split_model(), f"musdb:{banded_musdb}", num_tracks=3, excerpts=2, excerpt_seconds=1.0,
+    band_split_model(),
+    f"musdb:{banded_musdb}",
+    num_tracks=3,
+    excerpts=2,
+    excerpt_seconds=1.0,
     segment_seconds=0.5,
   )
   assert stem_map.output_to_stem == TRUE_MAP
@@ -57,8 +63,20 @@ def test_cli_stores_the_map_with_the_model_and_separate_uses_it(
   model = band_split_model()
   monkeypatch.setattr(calibrate.export_lib, "load_model", lambda *a, **k: model)
   code = calibrate.main(
-    ["--model", str(model_dir), "--data", f"musdb:{banded_musdb}", "--tracks", "2",
-     "--excerpts", "1", "--excerpt-seconds", "1", "--segment", "0.5"]
+    [
+      "--model",
+      str(model_dir),
+      "--data",
+      f"musdb:{banded_musdb}",
+      "--tracks",
+      "2",
+      "--excerpts",
+      "1",
+      "--excerpt-seconds",
+      "1",
+      "--segment",
+      "0.5",
+    ]
   )
   assert code == 0, capsys.readouterr().err
   stored = export_lib.read_stem_map(model_dir)
@@ -70,8 +88,9 @@ def test_cli_stores_the_map_with_the_model_and_separate_uses_it(
   model.stem_map = stored
   song = tmp_path / "song.wav"
   audio.write_audio(song, band_tones(1.0, seed=99).sum(axis=0), 8000)
-  code = separate.main([str(song), "--model", str(model_dir), "-o", str(tmp_path / "sep"),
-                        "--no-progress"])
+  code = separate.main(
+    [str(song), "--model", str(model_dir), "-o", str(tmp_path / "sep"), "--no-progress"]
+  )
   assert code == 0
   assert sorted(p.stem for p in (tmp_path / "sep/bands/song").iterdir()) == sorted(
     export_lib.STEM_NAMES

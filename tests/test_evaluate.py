@@ -52,9 +52,7 @@ def test_every_non_silent_stem_gets_an_output():
   forced = evaluate.assign_outputs(outputs, references, required=np.ones(3, bool))
   assert 2 not in free and 2 in forced
   # The forced choice is the best of the allowed ones (brute force).
-  allowed = [
-    np.array(p) for p in itertools.product(range(3), repeat=5) if set(p) == {0, 1, 2}
-  ]
+  allowed = [np.array(p) for p in itertools.product(range(3), repeat=5) if set(p) == {0, 1, 2}]
   best = min(thresholded_loss(outputs, references, p) for p in allowed)
   assert thresholded_loss(outputs, references, forced) == pytest.approx(best, abs=1e-6)
 
@@ -100,7 +98,7 @@ def test_gain_keys():
 def equal_split_model(sample_rate_hz=8000, channels=1):
   """Every output is mix / 8: any assignment scores exactly the input (SI-SNRi 0 dB)."""
 
-  def apply_fn(mix):
+  def apply_fn(mix, want_masks=False):
     return np.repeat(mix[:, None] / 8, 8, axis=1).astype(np.float32), None
 
   return export_lib.LoadedModel(
@@ -135,8 +133,20 @@ def test_cli_compares_workdirs_against_control_and_writes_reports(
 ):
   out = tmp_path / "results.json"
   code = evaluate.main(
-    ["--workdir", "runs/a", "--workdir", "runs/b", "--data", f"musdb:{tiny_musdb}",
-     "--out", str(out), "--segment", "0.5", "--pesq", "--no-progress"]
+    [
+      "--workdir",
+      "runs/a",
+      "--workdir",
+      "runs/b",
+      "--data",
+      f"musdb:{tiny_musdb}",
+      "--out",
+      str(out),
+      "--segment",
+      "0.5",
+      "--pesq",
+      "--no-progress",
+    ]
   )
   assert code == 0
   results = json.loads(out.read_text())
@@ -145,9 +155,16 @@ def test_cli_compares_workdirs_against_control_and_writes_reports(
   assert (result["sample_rate_hz"], result["channels"]) == (8000, 2)  # the data's own
   aggregate = result["aggregate"]
   assert aggregate["num_tracks"] == len(result["tracks"]) == 2
-  for key in ("stem_si_snri_db", "stem_si_snr_db", "usdr_db", "mom_si_snri_db",
-              "effective_mask_count", "oracle_irm_stem_si_snri_db",
-              "best_output_si_snri_db", *(f"stem_si_snri_db_{s}" for s in evaluate.STEM_NAMES)):
+  for key in (
+    "stem_si_snri_db",
+    "stem_si_snr_db",
+    "usdr_db",
+    "mom_si_snri_db",
+    "effective_mask_count",
+    "oracle_irm_stem_si_snri_db",
+    "best_output_si_snri_db",
+    *(f"stem_si_snri_db_{s}" for s in evaluate.STEM_NAMES),
+  ):
     assert isinstance(aggregate[key], float), key
   # The equal-split control scores the input exactly; the gain is the model's own score.
   assert aggregate["control_stem_si_snri_db"] == pytest.approx(0.0, abs=1e-3)
@@ -190,14 +207,28 @@ def test_cli_single_workdir_writes_one_object_and_bad_data_fails(
 ):
   out = tmp_path / "one.json"
   code = evaluate.main(
-    ["--workdir", "runs/a", "--data", f"musdb:{tiny_musdb}", "--out", str(out), "--segment",
-     "0.5", "--no-control", "--mom-seconds", "0", "--max-tracks", "1", "--no-progress"]
+    [
+      "--workdir",
+      "runs/a",
+      "--data",
+      f"musdb:{tiny_musdb}",
+      "--out",
+      str(out),
+      "--segment",
+      "0.5",
+      "--no-control",
+      "--mom-seconds",
+      "0",
+      "--max-tracks",
+      "1",
+      "--no-progress",
+    ]
   )
   assert code == 0
   result = json.loads(out.read_text())
-  assert result["aggregate"]["num_tracks"] == 1 and "control_stem_si_snri_db" not in result[
-    "aggregate"
-  ]
+  assert (
+    result["aggregate"]["num_tracks"] == 1 and "control_stem_si_snri_db" not in result["aggregate"]
+  )
   code = evaluate.main(["--workdir", "runs/a", "--data", f"musdb:{tmp_path}/nowhere"])
   assert code == 1
   assert "nowhere" in capsys.readouterr().err

@@ -32,7 +32,7 @@ def band_split_model(
   """
   rng = np.random.default_rng(shuffle_seed)
 
-  def apply_fn(mix):
+  def apply_fn(mix, want_masks=False):
     spectrum = np.fft.rfft(mix, axis=-1)  # [B, C, F]
     edges = np.linspace(0, spectrum.shape[-1], num_outputs + 1).round().astype(int)
     bands = []
@@ -328,6 +328,11 @@ def test_cli_formats_jobs_and_plots(tmp_path, monkeypatch, flags, subtype, exten
     assert (folder / "plot.png").exists() == bool(plots)
     if plots:
       assert (folder / "plot.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_track_names():
+  assert separate.track_name("a/b/song.flac") == "song"
+  assert separate.track_name("musdb/test/Some Artist - Song/mixture.wav") == "Some Artist - Song"
 
 
 def test_cli_rejects_float_flac(tmp_path, capsys):

@@ -152,17 +152,20 @@ def read_stem_map(model_dir: str | os.PathLike) -> StemMap | None:
 # The loaded model
 
 
-# mix [B, C, T] float32 -> (estimates [B, N, C, T], masks [B, N, frames, ...] or None)
-ApplyFn = Callable[[np.ndarray], tuple[np.ndarray, np.ndarray | None]]
+# apply_fn(mix [B, C, T] float32, want_masks=False)
+#   -> (estimates [B, N, C, T], masks [B, N, frames, ...] or None)
+ApplyFn = Callable[..., tuple[np.ndarray, np.ndarray | None]]
 
 
 @dataclasses.dataclass
 class LoadedModel:
   """A separator ready to run: what every tool gets from ``load_model``.
 
-  ``apply_fn(mix [B, C, T]) -> (estimates [B, N, C, T], masks or None)`` runs the forward
-  pass (jitted; one compilation per input shape). When ``fixed_input_shape`` is set
-  (a deserialised ``jax.export`` function), ``apply_fn`` only accepts that ``(B, C, T)``.
+  ``apply_fn(mix [B, C, T], want_masks=False) -> (estimates [B, N, C, T], masks or None)``
+  runs the forward pass (jitted; one compilation per input shape); masks come back only
+  when asked for (they are larger than the audio) and when the model has them. When
+  ``fixed_input_shape`` is set (a deserialised ``jax.export`` function), ``apply_fn`` only
+  accepts that ``(B, C, T)``.
   """
 
   name: str  # what the model is called in output paths (folder name by default)
@@ -194,17 +197,17 @@ def _config_channels(config) -> int:
 
 # One jitted forward per model definition (its repr holds every hyper-parameter): loading a
 # second checkpoint of the same config, or its random-init control, reuses the compilation.
-_FORWARD_CACHE: dict[str, Callable] = {}
+_FORWARD_CACHE: dict[tuple[str, bool], Callable] = {}
 
 
-def _compiled_forward(module) -> Callable:
-  key = repr(module)
+def _compiled_forward(module, want_masks: bool) -> Callable:
+  key = (repr(module), want_masks)
   if key not in _FORWARD_CACHE:
 
     @jax.jit
     def forward(variables, mix):
       estimates, aux = module.apply(variables, mix, deterministic=True)
-      masks = aux.get("masks") if isinstance(aux, dict) else None
+      masks = aux.get("masks") if want_masks and isinstance(aux, dict) else None
       return estimates, masks
 
     _FORWARD_CACHE[key] = forward
@@ -212,9 +215,8 @@ def _compiled_forward(module) -> Callable:
 
 
 def _model_apply_fn(module, variables) -> ApplyFn:
-  forward = _compiled_forward(module)
-
-  def apply_fn(mix):
+  def apply_fn(mix, want_masks=False):
+    forward = _compiled_forward(module, bool(want_masks))
     estimates, masks = forward(variables, jnp.asarray(mix, jnp.float32))
     return np.asarray(estimates), None if masks is None else np.asarray(masks)
 
@@ -369,7 +371,7 @@ def _load_exported_function(path, metadata, variables, config, name, stem_map) -
     )
   shape = tuple(int(s) for s in info["input_shape"])
 
-  def apply_fn(mix):
+  def apply_fn(mix, want_masks=False):
     mix = np.asarray(mix, np.float32)
     if mix.shape != shape:
       raise ValueError(f"the exported function takes input shape {shape}, got {mix.shape}")

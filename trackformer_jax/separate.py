@@ -11,7 +11,8 @@ CLI::
 
   python -m trackformer_jax.separate TRACK... --model MODEL [-o separated] [--segment SECONDS]
       [--overlap 0.25] [--flac|--int24|--float32] [--plots] [-j N]
-  -> separated/<model>/<track>/<stem>.wav
+  -> separated/<model>/<track>/<stem>.wav   (<track>: the file's stem; for .../<song>/mixture.wav,
+                                            the song's folder name)
 
 How a song is put together, and why:
 
@@ -530,7 +531,7 @@ class Separator:
     if n < self.batch_size:  # one compiled shape: pad the batch
       pad = np.zeros((self.batch_size - n, *model_input.shape[1:]), np.float32)
       model_input = np.concatenate([model_input, pad])
-    estimates, masks = self.model.apply_fn(model_input)
+    estimates, masks = self.model.apply_fn(model_input, want_masks=segment_callback is not None)
     estimates = np.asarray(estimates, np.float32)[:n]
     if estimates.shape[1:] != (self.model.num_outputs, model_channels, self.segment_frames):
       raise RuntimeError(
@@ -702,6 +703,15 @@ def get_parser() -> argparse.ArgumentParser:
   return parser
 
 
+def track_name(path: str | os.PathLike) -> str:
+  """The output folder's name: the file's stem, or its folder's name for a MUSDB-style
+  ``<song>/mixture.wav`` (every such song would otherwise be called "mixture")."""
+  path = pathlib.Path(path)
+  if path.stem == "mixture" and path.parent.name:
+    return path.parent.name
+  return path.stem
+
+
 def _output_format(args) -> tuple[str, str]:
   if args.ogg:
     if args.flac or args.int24 or args.float32:
@@ -735,7 +745,7 @@ def main(argv: Sequence[str] | None = None) -> int:
   root = pathlib.Path(args.out) / model.name
 
   def separate_one(track: str) -> str:
-    out_dir = root / pathlib.Path(track).stem
+    out_dir = root / track_name(track)
     paths = separator.separate_to_folder(
       track, out_dir, subtype=subtype, file_format=file_format, plots=args.plots
     )
@@ -746,7 +756,7 @@ def main(argv: Sequence[str] | None = None) -> int:
   first_with_name: dict[str, str] = {}
   unique = []
   for track in args.tracks:
-    other = first_with_name.setdefault(pathlib.Path(track).stem, track)
+    other = first_with_name.setdefault(track_name(track), track)
     if other != track:
       failures += 1
       print(f"separate: {track}: same name as {other}; would overwrite it", file=sys.stderr)
