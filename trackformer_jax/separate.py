@@ -185,6 +185,7 @@ class _Fifo:
     return np.concatenate(parts, axis=-1) if len(parts) > 1 else parts[0]
 
   def peek(self, n: int) -> np.ndarray:
+    """The next ``n`` frames, left queued (zero padding, if any, stays queued too)."""
     taken = self.pop(n)
     self._blocks.appendleft(taken)
     self.frames += n
@@ -240,6 +241,8 @@ class Separator:
     self.overlap_frames = min(self.segment_frames - 1, max(1, round(overlap * self.segment_frames)))
     self.stride_frames = self.segment_frames - self.overlap_frames
     self.batch_size = int(batch_size)
+    if self.batch_size < 1:
+      raise ValueError(f"batch size must be at least 1, got {batch_size}")
     self.progress = progress
     self._weights = overlap_add_weights(self.segment_frames, self.overlap_frames)
 
