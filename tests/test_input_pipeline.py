@@ -225,3 +225,4 @@ def test_benchmark_reports_throughput(tiny_config, tiny_musdb):
   result = input_pipeline.run_pipeline_benchmark(tiny_config(f"musdb:{tiny_musdb}"), 3)
   assert result["batches_per_second"] > 0 and result["batch_size"] == 2
   assert result["has_stems"] and result["segment_seconds"] == 0.5
+  assert result["cpu_seconds_per_batch"] > 0

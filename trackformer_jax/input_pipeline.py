@@ -333,16 +333,17 @@ def run_pipeline_benchmark(
 
   Returns a dict: ``batches_per_second``, ``examples_per_second``,
   ``audio_seconds_per_second`` (mixture-of-mixture audio made per wall second),
+  ``cpu_seconds_per_batch`` (load-independent cost; cores / this = the rate's ceiling),
   ``first_batch_seconds`` (opening the source and the first decode), and the sizes used.
   ``with_stems`` as in :func:`train_batches`.
   """
   t0 = time.perf_counter()
   stream = train_batches(config, with_stems=with_stems)
   first = next(stream)
-  t1 = time.perf_counter()
+  t1, cpu1 = time.perf_counter(), time.process_time()
   for _ in range(num_batches):
     next(stream)
-  t2 = time.perf_counter()
+  t2, cpu2 = time.perf_counter(), time.process_time()
   batch = first["mom"].shape[0]
   rate = num_batches / (t2 - t1)
   return {
@@ -357,4 +358,7 @@ def run_pipeline_benchmark(
     "batches_per_second": rate,
     "examples_per_second": rate * batch,
     "audio_seconds_per_second": rate * batch * float(config.segment_seconds),
+    # CPU time of this process (all decode threads) per batch: unlike the rate, it does
+    # not depend on how busy the machine is, so it predicts throughput on other hosts.
+    "cpu_seconds_per_batch": (cpu2 - cpu1) / num_batches,
   }
