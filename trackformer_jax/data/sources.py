@@ -339,7 +339,7 @@ def _ensure_default_chorales() -> Path:
   return root
 
 
-def parse_spec(spec: str) -> tuple[str, Path | str | None]:
+def parse_spec(spec: str) -> tuple[str, Path | None]:
   """``"musdb:/data/x" -> ("musdb", Path("/data/x"))``; raises DataError if malformed."""
   kind, _, path = spec.partition(":")
   kinds = ("chorales", "musdb", "moisesdb", "moisesdb4", "folder", "tfds")
@@ -349,8 +349,12 @@ def parse_spec(spec: str) -> tuple[str, Path | str | None]:
     if kind != "chorales":
       raise DataError(f"data spec {spec!r}: {kind} needs a path, e.g. {kind}:/data/{kind}")
     return kind, None
-  if kind == "tfds":  # may be a URL such as gs://bucket/dir: keep it as a string
-    return kind, path
+  if kind == "tfds":
+    # May be a URL such as gs://bucket/dir, which pathlib would mangle; epath (a tfds
+    # dependency) is a pathlib-like Path for any filesystem tf.io.gfile reaches.
+    from etils import epath
+
+    return kind, epath.Path(os.path.expanduser(path))
   return kind, Path(os.path.expanduser(path))
 
 
@@ -362,7 +366,7 @@ def open_source(spec: str, *, sample_rate_hz: int, channels: int, strict: bool =
   """
   kind, root = parse_spec(spec)
   if kind == "tfds":
-    return _open_tfds(spec, root, sample_rate_hz=sample_rate_hz, channels=channels)
+    return _open_tfds(spec, str(root), sample_rate_hz=sample_rate_hz, channels=channels)
   if root is None:
     root = _ensure_default_chorales()
   if not root.exists():
