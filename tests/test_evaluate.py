@@ -232,3 +232,30 @@ def test_cli_single_workdir_writes_one_object_and_bad_data_fails(
   code = evaluate.main(["--workdir", "runs/a", "--data", f"musdb:{tmp_path}/nowhere"])
   assert code == 1
   assert "nowhere" in capsys.readouterr().err
+
+
+def test_unlabelled_data_gives_the_label_free_scores(tmp_path, tiny_folder, stand_in_models):
+  out = tmp_path / "folder.json"
+  code = evaluate.main(
+    [
+      "--workdir",
+      "runs/a",
+      "--data",
+      f"folder:{tiny_folder}",
+      "--split",
+      "train",
+      "--out",
+      str(out),
+      "--segment",
+      "0.5",
+      "--mom-seconds",
+      "1",
+      "--no-progress",
+    ]
+  )
+  assert code == 0
+  aggregate = json.loads(out.read_text())["aggregate"]
+  assert aggregate["num_tracks"] >= 2
+  assert 1.0 <= aggregate["effective_mask_count"] <= 8.0
+  assert np.isfinite(aggregate["mom_si_snri_db"]) and "control_mom_si_snri_db" in aggregate
+  assert not [key for key in aggregate if key.startswith("stem_")]

@@ -349,7 +349,7 @@ class Separator:
       for writer in writers:
         writer.close()
       if plots:
-        plotter.save(staging / "plot.png", title=pathlib.Path(path).name)
+        plotter.save(staging / "plot.png", title=track_name(path))
       if out_dir.exists():
         old = pathlib.Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.old.", dir=out_dir.parent))
         os.replace(out_dir, old / out_dir.name)
