@@ -96,11 +96,7 @@ def assign_outputs(
     ``labels [N]``: the reference each output goes to.
   """
   n, k = outputs.shape[0], references.shape[0]
-  flat_outputs = outputs.reshape(n, -1).astype(np.float64)
-  flat_references = references.reshape(k, -1).astype(np.float64)
-  gram = flat_outputs @ flat_outputs.T  # [N, N]
-  cross = flat_references @ flat_outputs.T  # [K, N]
-  energy = np.sum(flat_references**2, axis=-1)  # [K]
+  gram, cross, energy = _inner_products(outputs.reshape(n, -1), references.reshape(k, -1))
   labels = all_assignments(k, n)  # [P, N]
   one_hot = labels[:, None, :] == np.arange(k)[None, :, None]  # [P, K, N]
   linear = np.einsum("pkn,kn->pk", one_hot, cross)
@@ -112,6 +108,20 @@ def assign_outputs(
     filled = one_hot.any(axis=-1)  # [P, K]
     loss = np.where((filled | ~np.asarray(required)[None]).all(axis=-1), loss, np.inf)
   return labels[int(np.argmin(loss))]
+
+
+def _inner_products(outputs, references, chunk: int = 1 << 18):
+  """``(outputs outputs^T [N, N], references outputs^T [K, N], ||references||^2 [K])`` in
+  float64, accumulated over time chunks: a whole song is never copied to float64."""
+  n, k = outputs.shape[0], references.shape[0]
+  gram, cross, energy = np.zeros((n, n)), np.zeros((k, n)), np.zeros(k)
+  for start in range(0, outputs.shape[-1], chunk):
+    o = outputs[:, start : start + chunk].astype(np.float64)
+    r = references[:, start : start + chunk].astype(np.float64)
+    gram += o @ o.T
+    cross += r @ o.T
+    energy += np.sum(r**2, axis=-1)
+  return gram, cross, energy
 
 
 def remix(outputs: np.ndarray, labels: np.ndarray, num_references: int) -> np.ndarray:
@@ -144,14 +154,19 @@ def oracle_ratio_mask(stems: np.ndarray, mixture: np.ndarray, sample_rate_hz: in
   n_fft = _ORACLE_N_FFT if sample_rate_hz >= 16000 else _ORACLE_N_FFT_LOW_RATE
   n_fft = min(n_fft, mixture.shape[-1])
   kwargs = dict(nperseg=n_fft, noverlap=n_fft * 3 // 4, window="hann")
-  _, _, stem_spec = scipy.signal.stft(stems, **kwargs)  # [K, C, F, frames]
-  _, _, mixture_spec = scipy.signal.stft(mixture, **kwargs)  # [C, F, frames]
-  magnitude = np.abs(stem_spec)
-  masks = magnitude / np.maximum(magnitude.sum(axis=0, keepdims=True), 1e-12)
-  _, separated = scipy.signal.istft(masks * mixture_spec[None], **kwargs)
-  separated = separated[..., : mixture.shape[-1]]
-  pad = mixture.shape[-1] - separated.shape[-1]
-  return np.pad(separated, [(0, 0)] * (separated.ndim - 1) + [(0, pad)]).astype(np.float32)
+  num_frames = mixture.shape[-1]
+  separated = np.zeros(stems.shape, np.float32)
+  # One channel at a time, in complex64: a whole stereo song's four STFTs at once would take
+  # gigabytes.
+  for c in range(mixture.shape[0]):
+    _, _, mixture_spec = scipy.signal.stft(mixture[c].astype(np.float32), **kwargs)
+    magnitudes = [np.abs(scipy.signal.stft(s[c].astype(np.float32), **kwargs)[2]) for s in stems]
+    total = np.maximum(np.sum(magnitudes, axis=0), 1e-12)
+    for k, magnitude in enumerate(magnitudes):
+      _, signal = scipy.signal.istft(magnitude / total * mixture_spec, **kwargs)
+      signal = signal[:num_frames]
+      separated[k, c, : signal.shape[-1]] = signal
+  return separated
 
 
 def stem_scores(
