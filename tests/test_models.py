@@ -205,6 +205,17 @@ def test_models_cli_prints_table_and_total():
   assert "transformer" in result.stdout and "mask_head" in result.stdout
   assert f"performer: {count:,} parameters" in result.stdout
 
+  bad = subprocess.run(
+    [sys.executable, "-m", "trackformer_jax.models", "--config", "configs/test.py"]
+    + ["--config.model.name=tasnet"],
+    cwd=REPO,
+    capture_output=True,
+    text=True,
+    timeout=300,
+  )
+  assert bad.returncode != 0
+  assert "config.model.name = 'tasnet'" in bad.stderr and "Traceback" not in bad.stderr
+
 
 @pytest.mark.slow
 def test_scanned_remat_lowers_compiled_step_memory():

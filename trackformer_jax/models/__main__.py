@@ -3,6 +3,8 @@
 python -m trackformer_jax.models --config configs/test.py [--config.model.name=convtasnet]
 """
 
+import sys
+
 import jax
 import jax.numpy as jnp
 from absl import app, flags
@@ -20,7 +22,10 @@ def count_parameters(params) -> int:
 def main(argv):
   del argv
   config = _CONFIG.value
-  model = models.create_model(config.model)
+  try:
+    model = models.create_model(config.model)
+  except ValueError as error:
+    sys.exit(f"error: {error}")
   samples = int(round(config.segment_seconds * config.sample_rate_hz))
   mixture = jnp.zeros((1, config.channels, samples), jnp.float32)
   keys = {"params": jax.random.PRNGKey(0), "dropout": jax.random.PRNGKey(1)}
