@@ -122,6 +122,8 @@ def test_exported_function_runs_without_model_code(workdir, tmp_path):
   )
   model = export_lib.load_model(out, use_exported_function=True)
   assert model.fixed_input_shape == (2, 1, 4000)
+  metadata = json.loads((out / "metadata.json").read_text())
+  assert metadata["exported_function"]["platforms"] == ["cpu", "cuda"]
   reference = export_lib.load_model(out)
   mixture = np.random.default_rng(1).uniform(-0.3, 0.3, (1, 9000)).astype(np.float32)
   a = separate.Separator(model).separate_array(mixture, 8000).outputs

@@ -46,6 +46,7 @@ CONFIG_FILE = "config.json"
 METADATA_FILE = "metadata.json"
 STEM_MAP_FILE = "stem_map.json"
 EXPORTED_FN_FILE = "inference.jaxexport"
+_EXPORT_PLATFORMS = ("cpu", "cuda")
 # Long enough for any front end (default STFT n_fft is 1024); parameters do not depend on it.
 _INIT_FRAMES = 8192
 
@@ -364,10 +365,12 @@ def _load_exported_function(path, metadata, variables, config, name, stem_map) -
   if not info or not fn_path.exists():
     raise ModelLoadError(f"{path}: exported without a jax.export function ({EXPORTED_FN_FILE})")
   exported = jax.export.deserialize(bytearray(fn_path.read_bytes()))
-  platform = jax.default_backend()
-  if platform not in exported.platforms:
+  backend = jax.default_backend()
+  # jax.export names GPU platforms "cuda" / "rocm"; the backend calls itself "gpu".
+  names = {"gpu": ("cuda", "rocm")}.get(backend, (backend,))
+  if not set(names) & set(exported.platforms):
     raise ModelLoadError(
-      f"{fn_path}: exported for {list(exported.platforms)}, this machine runs {platform}"
+      f"{fn_path}: exported for {list(exported.platforms)}, this machine runs {backend}"
     )
   shape = tuple(int(s) for s in info["input_shape"])
 
@@ -484,9 +487,12 @@ def _serialise_forward(config, variables, input_shape) -> tuple[bytes, list[str]
     return estimates
 
   abstract_vars = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), variables)
-  exported = jax.export.export(jax.jit(forward))(
-    abstract_vars, jax.ShapeDtypeStruct(input_shape, jnp.float32)
-  )
+  mix = jax.ShapeDtypeStruct(input_shape, jnp.float32)
+  try:
+    # Lowered for CPU and CUDA at once, so a folder exported on either runs on both.
+    exported = jax.export.export(jax.jit(forward), platforms=_EXPORT_PLATFORMS)(abstract_vars, mix)
+  except (ValueError, NotImplementedError, RuntimeError):
+    exported = jax.export.export(jax.jit(forward))(abstract_vars, mix)  # this backend only
   return bytes(exported.serialize()), list(exported.platforms)
 
 
