@@ -76,6 +76,26 @@ class ConvDecoder(nn.Module):
     return jnp.swapaxes(audio, 1, 2).astype(jnp.float32)
 
 
+def encode(encoder: ConvEncoder, mixture: jax.Array) -> jax.Array:
+  """Mixture `[B, C, T]` -> basis weights `[B, frames, filters]` (float32), padded per
+  `frame_padding`."""
+  left, right = frame_padding(mixture.shape[-1], encoder.window, encoder.stride)
+  padded = jnp.pad(mixture.astype(jnp.float32), ((0, 0), (0, 0), (left, right)))
+  return encoder(padded).astype(jnp.float32)
+
+
+def decode_masked(
+  decoder: ConvDecoder, masks: jax.Array, encoded: jax.Array, length: int
+) -> jax.Array:
+  """Masks `[B, N, frames, filters]` applied to `encode`'s output, decoded and cropped back to
+  `length`: `[B, N, channels, length]`."""
+  batch, num_outputs = masks.shape[:2]
+  masked = masks * encoded[:, None]
+  audio = decoder(masked.reshape(batch * num_outputs, *masked.shape[2:]).astype(decoder.dtype))
+  left, _ = frame_padding(length, decoder.window, decoder.stride)
+  return audio.reshape(batch, num_outputs, decoder.channels, -1)[..., left : left + length]
+
+
 class GlobalLayerNorm(nn.Module):
   """gLN: normalise over time and channels of each example, then a per-channel gain and bias.
 
@@ -167,10 +187,8 @@ class ConvTasNet(nn.Module):
     dtype = jnp.dtype(c.dtype)
     batch, channels, length = mixture.shape
     stride = c.tasnet_L // 2
-    left, right = frame_padding(length, c.tasnet_L, stride)
-    padded = jnp.pad(mixture.astype(jnp.float32), ((0, 0), (0, 0), (left, right)))
-
-    encoded = ConvEncoder(c.tasnet_N, c.tasnet_L, stride, dtype, name="encoder")(padded)
+    encoder = ConvEncoder(c.tasnet_N, c.tasnet_L, stride, dtype, name="encoder")
+    encoded = encode(encoder, mixture)
     x = make_norm(c.tasnet_norm, "input_norm")(encoded)
     x = nn.Conv(c.tasnet_B, (1,), dtype=dtype, name="bottleneck")(x)
     skips = 0.0
@@ -193,10 +211,8 @@ class ConvTasNet(nn.Module):
     logits = logits.astype(jnp.float32).reshape(batch, -1, c.num_outputs, c.tasnet_N)
     masks = mask_activation(jnp.moveaxis(logits, 2, 1), c.mask_activation)  # [B, N, F, basis]
 
-    masked = masks * encoded.astype(jnp.float32)[:, None]
     decoder = ConvDecoder(channels, c.tasnet_L, stride, dtype, name="decoder")
-    audio = decoder(masked.reshape(batch * c.num_outputs, *masked.shape[2:]).astype(dtype))
-    estimates = audio.reshape(batch, c.num_outputs, channels, -1)[..., left : left + length]
+    estimates = decode_masked(decoder, masks, encoded, length)
     if c.mixture_consistency:
       estimates = mixture_consistency(estimates, mixture.astype(jnp.float32))
     return estimates, {"masks": masks}

@@ -28,6 +28,8 @@ from trackformer_jax.losses.mixit import mixture_consistency
 from trackformer_jax.models.convtasnet import (
   ConvDecoder,
   ConvEncoder,
+  decode_masked,
+  encode,
   frame_padding,
   mask_activation,
 )
@@ -205,12 +207,10 @@ class TransformerSeparator(nn.Module):
       representation = spectrum
       num_bins = spectrum.shape[-1]
     elif c.frontend == "learned":
-      left, right = frame_padding(length, c.encoder_window, c.encoder_stride)
-      padded = jnp.pad(mixture, ((0, 0), (0, 0), (left, right)))
       encoder = ConvEncoder(
         c.encoder_filters, c.encoder_window, c.encoder_stride, dtype, name="encoder"
       )
-      representation = encoder(padded).astype(jnp.float32)  # [B, frames, filters]
+      representation = encode(encoder, mixture)  # [B, frames, filters]
       tokens = representation
       num_bins = c.encoder_filters
     else:
@@ -248,10 +248,8 @@ class TransformerSeparator(nn.Module):
       masked = masks[:, :, None] * representation[:, None]  # [B, N, C, frames, bins]
       estimates = istft(masked, c.n_fft, c.hop, length)
     else:
-      masked = masks * representation[:, None]  # [B, N, frames, filters]
       decoder = ConvDecoder(channels, c.encoder_window, c.encoder_stride, dtype, name="decoder")
-      audio = decoder(masked.reshape(batch * c.num_outputs, *masked.shape[2:]).astype(dtype))
-      estimates = audio.reshape(batch, c.num_outputs, channels, -1)[..., left : left + length]
+      estimates = decode_masked(decoder, masks, representation, length)
     if c.mixture_consistency:
       estimates = mixture_consistency(estimates, mixture)
     return estimates, {"masks": masks}
