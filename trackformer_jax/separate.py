@@ -706,6 +706,14 @@ def get_parser() -> argparse.ArgumentParser:
   return parser
 
 
+def _say(message: str, stream) -> None:
+  # The worker thread may be drawing a progress bar; tqdm.write clears it first, so a
+  # message never lands on the end of a bar's line.
+  from tqdm import tqdm
+
+  tqdm.write(message, file=stream)
+
+
 def track_name(path: str | os.PathLike) -> str:
   """The output folder's name: the file's stem, or its folder's name for a MUSDB-style
   ``<song>/mixture.wav`` (every such song would otherwise be called "mixture")."""
@@ -770,13 +778,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     for future in futures:  # in the order given, so messages are reproducible
       track = futures[future]
       try:
-        print(future.result())
+        _say(future.result(), sys.stdout)
       except Exception as e:  # noqa: BLE001 - one bad track must not stop the others
         failures += 1
         message = str(e) if track in str(e) else f"{track}: {type(e).__name__}: {e}"
         if isinstance(e, (ValueError, OSError)):
           message = str(e) if track in str(e) else f"{track}: {e}"
-        print(f"separate: {message}", file=sys.stderr)
+        _say(f"separate: {message}", sys.stderr)
   if failures:
     print(f"separate: {failures} of {len(args.tracks)} tracks failed", file=sys.stderr)
     return 1
