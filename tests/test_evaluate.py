@@ -27,6 +27,7 @@ def thresholded_loss(outputs, references, labels, snr_max_db=30.0):
   return total
 
 
+@pytest.mark.slow  # mixit_loss compiles its search (~5 s)
 @pytest.mark.parametrize("seed", range(3))
 def test_assignment_agrees_with_mixit_loss(seed):
   rng = np.random.default_rng(seed)
@@ -234,6 +235,7 @@ def test_cli_single_workdir_writes_one_object_and_bad_data_fails(
   assert "nowhere" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_unlabelled_data_gives_the_label_free_scores(tmp_path, tiny_folder, stand_in_models):
   out = tmp_path / "folder.json"
   code = evaluate.main(
