@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import pathlib
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -34,6 +35,8 @@ from orbax.checkpoint import checkpoint_managers
 BEST_METRIC = "best_score"
 CONFIG_FILE = "config.json"
 CHECKPOINT_DIR = "checkpoints"
+# Where ``restore_latest`` moves steps it cannot read (inside the workdir, never deleted).
+UNREADABLE_DIR = "unreadable_checkpoints"
 _ITEMS = ("params", "train")
 
 
@@ -72,7 +75,39 @@ def create_manager(
     read_only=read_only,
     create=not read_only,
   )
-  return ocp.CheckpointManager(directory, item_names=_ITEMS, options=options)
+  try:
+    return ocp.CheckpointManager(directory, item_names=_ITEMS, options=options)
+  except Exception as error:  # noqa: BLE001 - orbax reads every step's bookkeeping here
+    # A step whose metadata or metrics file is garbage (not even UTF-8) stops orbax from
+    # listing any step. Training sets such steps aside and lists the rest; tools only say so.
+    damaged = [] if read_only else _steps_with_unreadable_bookkeeping(directory)
+    if not damaged:
+      raise CheckpointError(f"{directory}: cannot list the checkpoints ({error})") from None
+    for step in damaged:
+      aside = directory.parent / UNREADABLE_DIR / f"{step}.{time.strftime('%Y%m%d-%H%M%S')}"
+      aside.parent.mkdir(parents=True, exist_ok=True)
+      (directory / str(step)).rename(aside)
+      logging.warning(
+        "checkpoint %s is unreadable (%s); moved to %s", directory / str(step), error, aside
+      )
+    return ocp.CheckpointManager(directory, item_names=_ITEMS, options=options)
+
+
+def _steps_with_unreadable_bookkeeping(directory: pathlib.Path) -> list[int]:
+  """Steps whose ``_CHECKPOINT_METADATA`` or ``metrics`` file is not readable JSON."""
+  damaged = []
+  for step_dir in directory.iterdir():
+    if not step_dir.name.isdigit():
+      continue
+    for name in ("_CHECKPOINT_METADATA", "metrics/metrics"):
+      path = step_dir / name
+      try:
+        if path.exists():
+          json.loads(path.read_text())
+      except (OSError, ValueError):  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+        damaged.append(int(step_dir.name))
+        break
+  return sorted(damaged)
 
 
 def split_state(state: Any) -> tuple[Any, dict[str, Any]]:
@@ -117,12 +152,15 @@ def restore_latest(
 
   Returns:
     The restored state, or None when the workdir has no checkpoint. A step that fails to
-    restore (truncated or corrupted files) is skipped with a warning naming it, and the next
-    older one is tried.
+    restore (truncated or corrupted files) is skipped with a warning naming it and the next
+    older one is tried; once one restores, the unreadable ones are moved to
+    ``workdir/unreadable_checkpoints/``. If none restores, CheckpointError (nothing moved).
   """
   abstract_params, abstract_rest = split_state(abstract_state)
   steps = sorted(manager.all_steps(), reverse=True)
+  unreadable = []
   for step in steps:
+    path = pathlib.Path(manager.directory) / str(step)
     try:
       restored = manager.restore(
         step,
@@ -132,18 +170,41 @@ def restore_latest(
         ),
       )
     except Exception as error:  # noqa: BLE001 - any unreadable step falls back to an older one
-      logging.warning(
-        "checkpoint %s is unreadable (%s: %s); trying an older one",
-        pathlib.Path(manager.directory) / str(step),
-        type(error).__name__,
-        str(error).splitlines()[0] if str(error) else "",
-      )
+      reason = f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}"
+      logging.warning("checkpoint %s is unreadable (%s); trying an older one", path, reason)
+      unreadable.append(step)
       continue
-    logging.info("restored checkpoint %s", pathlib.Path(manager.directory) / str(step))
+    # Moved only once an older step has restored: when none does, the cause is more likely
+    # the config (shapes changed) than the files, and nothing should be touched.
+    for bad_step in unreadable:
+      logging.warning(
+        "checkpoint %s moved to %s; training resumes from step %d",
+        pathlib.Path(manager.directory) / str(bad_step),
+        _move_aside(manager, bad_step),
+        step,
+      )
+    logging.info("restored checkpoint %s", path)
     return rebuild(params=restored["params"], **restored["train"])
   if steps:
-    raise CheckpointError(f"{manager.directory}: none of the steps {steps} could be restored")
+    raise CheckpointError(
+      f"{manager.directory}: none of the steps {steps} could be restored (a changed config?)"
+    )
   return None
+
+
+def _move_aside(manager: ocp.CheckpointManager, step: int) -> pathlib.Path:
+  """Moves an unreadable step out of the manager's sight, kept for inspection.
+
+  Left in place it would shadow the step: the resumed run reaches that step again and
+  ``save`` skips a step that already exists, so the good state would never be written.
+  """
+  directory = pathlib.Path(manager.directory)
+  aside = directory.parent / UNREADABLE_DIR / f"{step}.{time.strftime('%Y%m%d-%H%M%S')}"
+  if jax.process_index() == 0:
+    aside.parent.mkdir(parents=True, exist_ok=True)
+    (directory / str(step)).rename(aside)
+  manager.reload()
+  return aside
 
 
 def write_config(workdir: str | pathlib.Path, config: ml_collections.ConfigDict) -> None:

@@ -206,6 +206,7 @@ def pretrain_and_evaluate(
   model = mae_lib.create_mae(config)
   optimizer = train.create_optimizer(config)
   abstract_state, _, _ = train.abstract_train_inputs(config, model, optimizer, mesh)
+  train._check_free_space(workdir, abstract_state, config.keep_checkpoints)
   manager = checkpoints.create_manager(workdir, config.keep_checkpoints)
   state = checkpoints.restore_latest(manager, abstract_state, train.TrainState)
   resumed = state is not None

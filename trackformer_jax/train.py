@@ -22,6 +22,7 @@ import math
 import os
 import pathlib
 import resource
+import shutil
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any
@@ -667,6 +668,30 @@ def _prepare_workdir(workdir: pathlib.Path) -> None:
     raise WorkdirError(f"{workdir}: not writable ({error.strerror or error})") from None
 
 
+def _check_free_space(workdir: pathlib.Path, abstract_state: Any, keep_checkpoints: int) -> None:
+  """Refuses to start when the checkpoints the run will keep cannot fit in ``workdir``.
+
+  On disk at once: ``keep_checkpoints`` steps, the best one and the one being written (a
+  resumed run's own checkpoints count as room). Found out at the first save instead, a full
+  disk would stop the run with an orbax traceback, possibly days in.
+  """
+  checkpoint_bytes = sum(
+    leaf.size * leaf.dtype.itemsize for leaf in jax.tree.leaves(abstract_state)
+  )
+  needed = (keep_checkpoints + 2) * checkpoint_bytes
+  # A resumed run's own checkpoints count as room: the new ones replace them.
+  saved = workdir / checkpoints.CHECKPOINT_DIR
+  if saved.is_dir():
+    needed -= sum(path.stat().st_size for path in saved.rglob("*") if path.is_file())
+  free = shutil.disk_usage(workdir).free
+  if free < needed:
+    raise WorkdirError(
+      f"{workdir}: {free / 2**20:.1f} MiB free, but checkpoints need {needed / 2**20:.1f} MiB "
+      f"more ({keep_checkpoints + 2} of {checkpoint_bytes / 2**20:.1f} MiB: "
+      f"config.keep_checkpoints = {keep_checkpoints}, the best one and the one being written)"
+    )
+
+
 # --------------------------------------------------------------------------------------------
 # The loop.
 
@@ -699,8 +724,6 @@ def train_and_evaluate(
     stop_after_step: stop (with a checkpoint) once this step is reached, as if the run had
       been interrupted there; the schedule still follows ``config.num_train_steps``.
   """
-  from trackformer_jax import models
-
   if config.get("task", "mixit") == "mae":
     from trackformer_jax import pretrain
 
@@ -710,6 +733,23 @@ def train_and_evaluate(
   validate_config(config, num_devices=mesh.devices.size)
   _prepare_workdir(workdir)
   lock = _lock_workdir(workdir) if jax.process_index() == 0 else None
+  try:
+    return _train_holding_lock(config, workdir, mesh, stop_after_step)
+  finally:
+    # Also on an error before the first step: in a notebook, a lock left to the garbage
+    # collector would refuse the corrected retry ("another training is using this workdir").
+    if lock is not None:
+      lock.close()
+
+
+def _train_holding_lock(
+  config: ml_collections.ConfigDict,
+  workdir: pathlib.Path,
+  mesh: Mesh,
+  stop_after_step: int | None,
+) -> TrainState:
+  from trackformer_jax import models
+
   logging.info(
     "host %d/%d, %d local of %d devices (%s); workdir %s",
     jax.process_index(),
@@ -723,6 +763,7 @@ def train_and_evaluate(
   model = models.create_model(config.model)
   optimizer = create_optimizer(config)
   abstract_state, _, _ = abstract_train_inputs(config, model, optimizer, mesh)
+  _check_free_space(workdir, abstract_state, config.keep_checkpoints)
   manager = checkpoints.create_manager(workdir, config.keep_checkpoints)
   state = checkpoints.restore_latest(manager, abstract_state, TrainState)
   resumed = state is not None
@@ -860,6 +901,4 @@ def train_and_evaluate(
     manager.close()
     writer.flush()
     writer.close()
-    if lock is not None:
-      lock.close()
   return state
