@@ -327,6 +327,16 @@ def _field(config: ml_collections.ConfigDict, dotted: str) -> Any:
   return value
 
 
+def _flatten_metadata(tree: Any, prefix: str = "") -> dict[str, Any]:
+  """orbax's nested metadata mapping -> {"a/b/c": array metadata (with .shape)}."""
+  if not hasattr(tree, "items"):  # orbax's tree metadata is mapping-like, not a Mapping
+    return {prefix: tree}
+  flat = {}
+  for name, value in tree.items():
+    flat.update(_flatten_metadata(value, f"{prefix}/{name}" if prefix else str(name)))
+  return flat
+
+
 def transfer_encoder(
   params: Any, config: ml_collections.ConfigDict, which: str | int = "best"
 ) -> Any:
@@ -370,7 +380,8 @@ def transfer_encoder(
       raise checkpoints.CheckpointError(
         f"{where}: {error}; run `{PRETRAIN_COMMAND} --workdir={workdir}` first"
       ) from None
-    saved = traverse_util.flatten_dict(dict(manager.item_metadata(step)["params"]), sep="/")
+    params_dir = pathlib.Path(manager.directory) / str(step) / "params"
+    saved = _flatten_metadata(ocp.PyTreeCheckpointer().metadata(params_dir).item_metadata)
     ours = traverse_util.flatten_dict(dict(params), sep="/")
     wanted = {
       path: leaf for path, leaf in ours.items() if path.split("/")[0] in mae_lib.ENCODER_SUBTREES
@@ -392,7 +403,7 @@ def transfer_encoder(
     )
     # A partial restore: only the listed arrays are read from the step's ``params`` item.
     restored = ocp.PyTreeCheckpointer().restore(
-      pathlib.Path(manager.directory) / str(step) / "params",
+      params_dir,
       args=ocp.args.PyTreeRestore(
         item=target,
         restore_args=ocp.checkpoint_utils.construct_restore_args(target),
