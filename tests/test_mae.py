@@ -160,6 +160,7 @@ def test_linear_interpolation_reference():
 # No leak through the front end, and the model's targets.
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("frontend", ["stft", "learned"])
 def test_no_gradient_reaches_masked_samples_and_their_values_change_nothing(frontend):
   config = tiny_config(frontend)
@@ -355,6 +356,7 @@ def test_perf_configs_start_from_the_pretraining_run_and_their_twins_do_not():
     load_config("mae_pretrain", "huge")
 
 
+@pytest.mark.slow
 def test_the_quick_pretraining_step_compiles():
   config = load_config("mae_pretrain", "quick")
   train.validate_config(config, num_devices=1)
