@@ -29,6 +29,10 @@ _SCAN_BLOCK_FRAMES = 1 << 20
 
 _SUBTYPES = ("PCM_16", "PCM_24", "FLOAT")
 
+# Sample rates outside this range are taken for a damaged or hostile header.
+MIN_SAMPLE_RATE_HZ = 1000
+MAX_SAMPLE_RATE_HZ = 768000
+
 
 class AudioError(ValueError):
   """A file that cannot be used: ``"<path>: <problem>"``."""
@@ -108,6 +112,14 @@ def audio_info(path: str | os.PathLike) -> AudioInfo:
     raise AudioError(path, "empty: the file holds no audio frames")
   if info.samplerate <= 0 or info.channels <= 0:
     raise AudioError(path, f"bad header: {info.samplerate} Hz, {info.channels} channels")
+  if not MIN_SAMPLE_RATE_HZ <= info.samplerate <= MAX_SAMPLE_RATE_HZ:
+    # A header claiming 1 Hz makes a few kilobytes "days long" once resampled: reading or
+    # separating it would take hours and fill memory instead of failing.
+    raise AudioError(
+      path,
+      f"implausible sample rate {info.samplerate} Hz "
+      f"(expected {MIN_SAMPLE_RATE_HZ} to {MAX_SAMPLE_RATE_HZ} Hz)",
+    )
   declared = _wav_declared_frames(path, info)
   if declared is not None and declared > info.frames:
     raise AudioError(

@@ -73,6 +73,11 @@ class StemMap:
   votes: tuple[tuple[float, ...], ...] | None = None
 
   def __post_init__(self):
+    for stem in self.stems:
+      # Stems name the files separate writes: a map from a downloaded model must not be able
+      # to write outside the output folder ("../../x") or onto it (".", "").
+      if stem in ("", ".", "..") or any(c in stem for c in "/\\\0"):
+        raise ValueError(f"stem map: stem name {stem!r} is not a plain file name")
     unknown = sorted(set(self.output_to_stem) - set(self.stems))
     if unknown:
       raise ValueError(f"stem map: outputs name unknown stems {unknown}; stems are {self.stems}")
@@ -428,6 +433,10 @@ def export_model(
   out_dir = pathlib.Path(out_dir)
   if out_dir.exists() and not overwrite:
     raise FileExistsError(f"{out_dir}: exists (pass --overwrite to replace it)")
+  if out_dir.exists() and not (out_dir / METADATA_FILE).is_file():
+    # --overwrite replaces an earlier export, never whatever folder --out happens to name
+    # (the workdir being exported, a home folder, ".").
+    raise FileExistsError(f"{out_dir}: exists and is not an exported model; not replacing it")
   out_dir.parent.mkdir(parents=True, exist_ok=True)
   variables = _as_variables(variables)
   metadata = {

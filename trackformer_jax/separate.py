@@ -717,10 +717,15 @@ def _say(message: str, stream) -> None:
 def track_name(path: str | os.PathLike) -> str:
   """The output folder's name: the file's stem, or its folder's name for a MUSDB-style
   ``<song>/mixture.wav`` (every such song would otherwise be called "mixture")."""
-  path = pathlib.Path(path)
-  if path.stem == "mixture" and path.parent.name:
-    return path.parent.name
-  return path.stem
+  # Normalised first: in "../mixture.wav" the folder's name is "..", which would send the
+  # output to the root's parent and replace that whole folder.
+  path = pathlib.Path(os.path.abspath(path))
+  name = path.stem
+  if name == "mixture" and path.parent.name:
+    name = path.parent.name
+  if name in ("", ".", ".."):  # "..wav" has the stem ".": the output root itself
+    name = path.name
+  return name
 
 
 def _output_format(args) -> tuple[str, str]:

@@ -130,6 +130,23 @@ def validate_config(config: ml_collections.ConfigDict, num_devices: int | None =
       "segment_seconds",
       f"{segment} samples is shorter than one STFT window (model.n_fft = {config.model.n_fft})",
     )
+  else:
+    # The learned encoders are strided convolutions: a segment shorter than their window
+    # is only ever seen zero-padded, never as one whole frame of signal.
+    window_field = "tasnet_L" if config.model.name == "convtasnet" else "encoder_window"
+    window = config.model.get(window_field)
+    need(
+      segment_samples(config) >= window,
+      "segment_seconds",
+      f"{segment_samples(config)} samples is shorter than one encoder window "
+      f"(model.{window_field} = {window})",
+    )
+  init_from = config.get("init_from", "")
+  need(
+    not init_from or "://" in init_from or pathlib.Path(init_from).is_dir(),
+    "init_from",
+    "no such pre-training workdir",
+  )
 
 
 def _validate_data_spec(spec: Any) -> None:
@@ -616,7 +633,10 @@ def _truncate_metrics(path: pathlib.Path, keep_through_step: int) -> None:
         kept.append(line)
     except (ValueError, KeyError, TypeError):
       continue  # a line cut short by a kill
-  path.write_text("".join(row + "\n" for row in kept), encoding="utf-8")
+  # Whole or not at all: a kill during a plain rewrite would leave the file cut short.
+  temporary = path.with_suffix(".jsonl.tmp")
+  temporary.write_text("".join(row + "\n" for row in kept), encoding="utf-8")
+  temporary.replace(path)
 
 
 def create_writer(workdir: pathlib.Path, resume_step: int | None) -> metric_writers.MetricWriter:
@@ -895,6 +915,9 @@ def _train_holding_lock(
           scores = run_eval(step) if is_eval else {}
           checkpoint_metrics = {"best_score": scores["best_score"]} if scores else None
           checkpoints.save(manager, state, step, checkpoint_metrics)
+          # Rows up to a checkpoint must be on disk before a kill can strike: a restart keeps
+          # only the rows up to its checkpoint, so buffered ones would be lost for good.
+          writer.flush()
         paused += time.perf_counter() - pause_start
   finally:
     manager.wait_until_finished()
