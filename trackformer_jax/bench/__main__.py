@@ -7,7 +7,9 @@ Runs the suites in order, prints what each measures as it goes, checks the JSON 
 """
 
 import argparse
+import contextlib
 import datetime
+import fcntl
 import importlib
 import json
 import math
@@ -150,15 +152,33 @@ def write_results(results: dict, path: pathlib.Path) -> None:
   os.replace(temporary, path)
 
 
+def merge_records(previous: list | None, records: list, module) -> list:
+  """``records`` after the earlier records they do not replace (suites with ``record_key``).
+
+  Only the memory suite has identities finer than the suite: a run of a few configs adds to
+  (or replaces) those configs and keeps the others.
+  """
+  if not previous or not hasattr(module, "record_key"):
+    return records
+  fresh = {module.record_key(r) for r in records}
+  return [r for r in previous if module.record_key(r) not in fresh] + records
+
+
+@contextlib.contextmanager
+def locked(path: pathlib.Path):
+  """An exclusive lock beside ``path``: several ``--update`` runs may share one file."""
+  path.parent.mkdir(parents=True, exist_ok=True)
+  with open(path.with_name(path.name + ".lock"), "w") as handle:
+    fcntl.flock(handle, fcntl.LOCK_EX)
+    yield
+
+
 def main(argv: Sequence[str] | None = None) -> int:
   args = get_parser().parse_args(argv)
   options = options_from_args(args)
   suites = SUITES if "all" in args.suite else [s for s in SUITES if s in args.suite]
   out = pathlib.Path(args.out)
-  results: dict = {}
-  if args.update and out.exists():
-    results = json.loads(out.read_text())
-  results["meta"] = {
+  meta = {
     "date_utc": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M"),
     "command": "python -m trackformer_jax.bench "
     + shlex.join(sys.argv[1:] if argv is None else argv),
@@ -170,27 +190,32 @@ def main(argv: Sequence[str] | None = None) -> int:
     # the backend optimisation level (buffer assignment happens before code generation).
     "xla_flags": os.environ.get("XLA_FLAGS", ""),
   }
-  results.setdefault("summary", {})
+  results: dict = {}
+  if args.update and out.exists():
+    results = json.loads(out.read_text())
+  measured: dict[str, tuple[list, object]] = {}  # this invocation's suites
   for suite in suites:
-    module = importlib.import_module(f"trackformer_jax.bench.{suite_key(suite)}")
     key = suite_key(suite)
+    module = importlib.import_module(f"trackformer_jax.bench.{key}")
     records = module.run(options, results)
     for record in records:
-      record.setdefault("measured_utc", results["meta"]["date_utc"])
-      record.setdefault("command", results["meta"]["command"])
-    if args.update and hasattr(module, "record_key") and key in results:
-      # Keep earlier records of configs not measured this time, in their order.
-      fresh = {module.record_key(r): r for r in records}
-      kept = [r for r in results[key] if module.record_key(r) not in fresh]
-      records = kept + records
-    results[key] = records
-    results["summary"][key] = module.summarize(records)
-    # Each suite remembers its own run: --update mixes suites from several invocations.
-    results["summary"][key]["run"] = {
-      k: results["meta"][k] for k in ("date_utc", "command", "git_commit")
-    }
-    write_results(results, out)
-  print(json.dumps(json_safe(results["summary"]), indent=1))
+      record.setdefault("measured_utc", meta["date_utc"])
+      record.setdefault("command", meta["command"])
+    measured[key] = (records, module)
+    with locked(out):
+      # Re-read under the lock: another --update run may have written since we started.
+      results = json.loads(out.read_text()) if args.update and out.exists() else {}
+      results.setdefault("summary", {})
+      for done, (fresh, done_module) in measured.items():
+        results[done] = merge_records(results.get(done), fresh, done_module)
+        results["summary"][done] = done_module.summarize(results[done])
+        # Each suite remembers its own run: --update mixes suites from several invocations.
+        results["summary"][done]["run"] = {
+          k: meta[k] for k in ("date_utc", "command", "git_commit")
+        }
+      results["meta"] = meta
+      write_results(results, out)
+  print(json.dumps(json_safe(results.get("summary", {})), indent=1))
   if args.markdown:
     from trackformer_jax.bench.tables import markdown_tables
 

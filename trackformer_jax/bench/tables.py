@@ -82,7 +82,7 @@ def favor_table(records: list[dict]) -> str:
   for attention in ("favor", "exact"):
     for label, key, fmt in (
       ("fwd+grad ms", "train_seconds", "{:.1f}"),
-      ("fwd+grad GiB", "train_peak_bytes", "{:.3f}"),
+      ("fwd+grad MiB", "train_peak_bytes", "{:,.0f}"),
     ):
       row = [f"{attention} {label}"]
       for n in lengths:
@@ -90,7 +90,7 @@ def favor_table(records: list[dict]) -> str:
         if value is not None and key.endswith("seconds"):
           value = value * 1e3
         elif value is not None:
-          value = value / GIB
+          value = value / 2**20
         row.append(_cell(value, fmt))
       rows.append(row)
   return _table(["tokens"] + [f"{n:,}" for n in lengths], rows)
