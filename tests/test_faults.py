@@ -11,9 +11,9 @@
   Two trainings on one workdir: the second refuses (checked across processes).
 
 The training runs are real ``python -m trackformer_jax.main`` processes on
-``configs/test.py`` and the tiny MUSDB-layout corpus. They start together in the background
-(a module fixture) so that their JAX start-up and compilation overlap, and they share one
-persistent compilation cache.
+``configs/test.py`` and the tiny MUSDB-layout corpus, started in the background by a module
+fixture so that they overlap; they share one persistent compilation cache, which the first
+run fills before the others start.
 """
 
 from __future__ import annotations
@@ -159,45 +159,57 @@ _CLI_WITH_BAD_BATCHES = textwrap.dedent(
 
 @pytest.fixture(scope="module")
 def background_runs(tiny_musdb, tmp_path_factory):
-  """Starts, all at once: a run never stopped, a run fed bad batches, and a second training
-  on a workdir this process holds (the lock). Yields their handles; waits for all at the end."""
+  """Starts a run never stopped, a second training on a workdir this process holds (the
+  lock) and, once the first has filled the compilation cache, a run fed bad batches.
+  Yields their handles; kills what is left at the end."""
   root = tmp_path_factory.mktemp("faults")
   cache = root / "jax_cache"
   data = f"musdb:{tiny_musdb}"
   runs = {"root": root, "cache": cache, "data": data}
-  runs["reference"] = root / "reference"
-  runs["reference_process"] = _start(
-    _train_command(data, runs["reference"]), root / "reference.log", cache
-  )
-  runs["nonfinite"] = root / "nonfinite"
-  runs["nonfinite_process"] = _start(
-    [
-      sys.executable,
-      "-c",
-      _CLI_WITH_BAD_BATCHES,
-      *_train_command(data, runs["nonfinite"], "--config.max_consecutive_nonfinite=3")[3:],
-    ],
-    root / "nonfinite.log",
-    cache,
-  )
-  runs["busy"] = root / "busy"
-  runs["busy"].mkdir()
-  lock = train._lock_workdir(runs["busy"])
-  runs["intruder_process"] = subprocess.Popen(
-    _train_command(data, runs["busy"]),
-    cwd=REPO,
-    stdout=subprocess.PIPE,
-    stderr=subprocess.PIPE,
-    text=True,
-    env=_training_env(cache),
-  )
+  lock = None
   try:
+    runs["reference"] = root / "reference"
+    runs["reference_process"] = _start(
+      _train_command(data, runs["reference"]), root / "reference.log", cache
+    )
+    runs["busy"] = root / "busy"
+    runs["busy"].mkdir()
+    lock = train._lock_workdir(runs["busy"])
+    runs["intruder_process"] = subprocess.Popen(
+      _train_command(data, runs["busy"]),
+      cwd=REPO,
+      stdout=subprocess.PIPE,
+      stderr=subprocess.PIPE,
+      text=True,
+      env=_training_env(cache),
+    )
+    # The reference's first checkpoint means every program (init, evaluation, train step) is
+    # compiled and in the cache: the runs started from now on load them instead of compiling
+    # the same programs side by side on a shared machine.
+    _wait_until(
+      lambda: finished_steps(runs["reference"]),
+      runs["reference_process"],
+      root / "reference.log",
+      0.2,
+    )
+    runs["nonfinite"] = root / "nonfinite"
+    runs["nonfinite_process"] = _start(
+      [
+        sys.executable,
+        "-c",
+        _CLI_WITH_BAD_BATCHES,
+        *_train_command(data, runs["nonfinite"], "--config.max_consecutive_nonfinite=3")[3:],
+      ],
+      root / "nonfinite.log",
+      cache,
+    )
     yield runs
   finally:
-    lock.close()
+    if lock is not None:
+      lock.close()
     for name in ("reference_process", "nonfinite_process", "intruder_process"):
-      process = runs[name]
-      if process.poll() is None:
+      process = runs.get(name)
+      if process is not None and process.poll() is None:
         process.kill()
         process.wait()
 
@@ -248,6 +260,7 @@ def test_kill_9_at_random_moments_and_mid_save_then_resume_equals_a_run_never_st
   assert resumed_at == max(good_steps) < partial_step
   restored = re.findall(r"restored checkpoint (\S+)", output)
   assert restored == [str(workdir.absolute() / checkpoints.CHECKPOINT_DIR / str(resumed_at))]
+  assert partial_saves(workdir) == []  # the restart cleared what the kills left
 
   reference = runs["reference"]
   assert runs["reference_process"].wait(timeout=PROCESS_TIMEOUT_S) == 0
@@ -404,6 +417,7 @@ def test_a_partial_save_is_never_restored(tmp_path):
   state = restore(tmp_path)
   assert int(state.step) == 2
   assert finished_steps(tmp_path) == [1, 2]
+  assert partial_saves(tmp_path) == []  # cleaned up by the training manager
 
 
 # --------------------------------------------------------------------------------------------

@@ -74,6 +74,8 @@ def create_manager(
     enable_async_checkpointing=not read_only,
     read_only=read_only,
     create=not read_only,
+    # A save cut short by a kill leaves a whole checkpoint's worth of temporary files.
+    cleanup_tmp_directories=not read_only,
   )
   try:
     return ocp.CheckpointManager(directory, item_names=_ITEMS, options=options)
