@@ -306,6 +306,7 @@ def pretrain_and_evaluate(
         checkpoints.save(
           manager, state, step, {"best_score": scores["best_score"]} if scores else None
         )
+        writer.flush()  # as in train: rows up to a checkpoint survive a kill -9
   finally:
     manager.wait_until_finished()
     manager.close()
