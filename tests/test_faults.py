@@ -431,13 +431,14 @@ def test_a_partial_save_is_never_restored(tmp_path):
 def mounted_tmpfs(path: pathlib.Path, options: str):
   """A tmpfs at ``path`` (root only); yields False where mounting is not allowed."""
   path.mkdir(parents=True, exist_ok=True)
-  result = subprocess.run(
-    ["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(path)], capture_output=True
-  )
+  mounted = False
+  if os.geteuid() == 0 and shutil.which("mount"):
+    command = ["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(path)]
+    mounted = subprocess.run(command, capture_output=True).returncode == 0
   try:
-    yield result.returncode == 0
+    yield mounted
   finally:
-    if result.returncode == 0:
+    if mounted:
       subprocess.run(["umount", str(path)], check=True)
 
 
@@ -461,13 +462,24 @@ def _test_config(tiny_musdb):
 
 
 def test_an_unwritable_workdir_is_refused_before_the_first_step(
-  tiny_musdb, tmp_path, nothing_built
+  tiny_musdb, tmp_path, monkeypatch, nothing_built
 ):
   workdir = tmp_path / "readonly"
   # As root a chmod stops nothing, so a read-only tmpfs stands in for a read-only disk; as
-  # another user, a folder without write permission.
+  # another user, a folder without write permission; as root where mounting is not allowed
+  # (a container), folder creation fails as on a read-only disk.
+  as_root = os.geteuid() == 0
   with mounted_tmpfs(workdir, "ro,size=1m") as mounted:
-    if not mounted:
+    if not mounted and as_root:
+      real_mkdir = pathlib.Path.mkdir
+
+      def read_only_mkdir(self, *args, **kwargs):
+        if self.is_relative_to(workdir):
+          raise OSError(errno.EROFS, os.strerror(errno.EROFS), str(self))
+        return real_mkdir(self, *args, **kwargs)
+
+      monkeypatch.setattr(pathlib.Path, "mkdir", read_only_mkdir)
+    elif not mounted:
       workdir.chmod(0o500)
     try:
       with pytest.raises(train.WorkdirError) as error:
@@ -477,7 +489,7 @@ def test_an_unwritable_workdir_is_refused_before_the_first_step(
         workdir.chmod(0o700)
   message = str(error.value)
   assert "\n" not in message
-  expected = "Read-only file system" if mounted else "Permission denied"
+  expected = "Read-only file system" if mounted or as_root else "Permission denied"
   assert message == f"{workdir / 'run'}: not writable ({expected})"
 
 
