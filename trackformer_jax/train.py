@@ -145,7 +145,9 @@ def validate_config(config: ml_collections.ConfigDict, num_devices: int | None =
   need(
     not init_from or "://" in init_from or pathlib.Path(init_from).is_dir(),
     "init_from",
-    "no such pre-training workdir",
+    "no such pre-training workdir; pre-train first with "
+    "`python -m trackformer_jax.main --config=configs/mae_pretrain.py`, or train from "
+    "scratch with the *_nomae twin (or --config.init_from='')",
   )
 
 
