@@ -59,7 +59,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.silence_threshold_db = -50.0  # crops quieter than this (RMS, dBFS) are redrawn
   config.strict_data = False  # True: a bad track is an error before training starts
   config.augment = ml_collections.ConfigDict(
-      dict(gain_db=(-6.0, 3.0), channel_swap=True, polarity=True, remix_stems=False)
+    dict(gain_db=(-6.0, 3.0), channel_swap=True, polarity=True, remix_stems=False)
   )
 
   # Loss.
@@ -88,7 +88,5 @@ def get_config() -> ml_collections.ConfigDict:
 
   # Audio-MAE.
   config.init_from = ""  # workdir of a pre-training run to load the encoder from
-  config.mae = ml_collections.ConfigDict(
-      dict(mask_ratio=0.3, span_frames=4, decoder_layers=2)
-  )
+  config.mae = ml_collections.ConfigDict(dict(mask_ratio=0.3, span_frames=4, decoder_layers=2))
   return config
