@@ -8,16 +8,16 @@ cd "$(dirname "$0")/.."
 started=$(date +%s)
 WORKDIR=runs/quick
 
-echo "== 1/3 setup (.venv, FluidSynth, SoundFont)"
+echo "== 1/6 setup (.venv, FluidSynth, SoundFont)"
 bash launch/setup.sh
 
-echo "== 2/3 the bundled corpus (data/chorales; rendered once, a few minutes)"
+echo "== 2/6 the bundled corpus (data/chorales; rendered once, a few minutes)"
 read -r tracks seconds < <(.venv/bin/python -c \
   'from trackformer_jax.data import render; print(render.QUICKSTART_TRACKS, render.QUICKSTART_SECONDS)')
 .venv/bin/python -m trackformer_jax.data.render --out data/chorales --tracks "$tracks" \
   --seconds "$seconds"
 
-echo "== 3/3 training configs/quick.py into $WORKDIR (about 15 minutes on 2 CPU cores)"
+echo "== 3/6 training configs/quick.py into $WORKDIR (about 15 minutes on 2 CPU cores)"
 .venv/bin/python -m trackformer_jax.main --config=configs/quick.py --workdir="$WORKDIR" "$@"
 
 echo
@@ -44,6 +44,18 @@ if len(evals) > 1:
         + ", ".join(f"{title} {gain:+.2f}" for title, gain in gains.items()))
 PY
 
+echo
+echo "== 4/6 evaluating $WORKDIR on the corpus's test split (whole songs, against its untrained control)"
+.venv/bin/python -m trackformer_jax.evaluate --workdir "$WORKDIR" --data chorales:data/chorales \
+  --split test --out "$WORKDIR/eval/results.json"
+
+echo "== 5/6 exporting $WORKDIR to exported/quick"
+.venv/bin/python -m trackformer_jax.export --workdir "$WORKDIR" --out exported/quick --overwrite
+
+song=$(find data/chorales/test -name mixture.wav | sort | head -n 1)
+echo "== 6/6 separating $song with the exported model"
+.venv/bin/python -m trackformer_jax.separate "$song" --model exported/quick -o separated --plots
+
 elapsed=$(( $(date +%s) - started ))
 cat <<EOF
 
@@ -53,4 +65,7 @@ cat <<EOF
   $WORKDIR/config.json         the exact config of this run
   $WORKDIR/metrics.jsonl       every logged number, one JSON object per line
   $WORKDIR/tensorboard/        view with: .venv/bin/tensorboard --logdir $WORKDIR/tensorboard
+  $WORKDIR/eval/               results.json, a Markdown table and a PNG of per-stem scores
+  exported/quick/              the exported model (params, config, metadata)
+  separated/quick/             the separated test song: one WAV per output, and a PNG
 EOF
