@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from trackformer_jax.bench_mixit import all_mixing_matrices, mixit_loss_bruteforce
+from trackformer_jax.bench.mixit import all_mixing_matrices, mixit_loss_bruteforce
 from trackformer_jax.losses import mixit
 
 # Short signals keep brute force (K^M remixes of the full signals) fast; batch 2 throughout

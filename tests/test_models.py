@@ -13,7 +13,7 @@ import scipy.signal
 from configs import default
 from configs import test as test_config
 from trackformer_jax import models
-from trackformer_jax.bench_memory import step_memory_bytes
+from trackformer_jax.bench.memory import step_memory_bytes
 from trackformer_jax.models import convtasnet, separator
 
 REPO = Path(__file__).resolve().parents[1]

@@ -193,7 +193,7 @@ def main(argv: Sequence[str] | None = None) -> int:
   results: dict = {}
   if args.update and out.exists():
     results = json.loads(out.read_text())
-  measured: dict[str, tuple[list, object]] = {}  # this invocation's suites
+  measured: dict[str, tuple[list, object, float]] = {}  # this invocation's suites
   for suite in suites:
     key = suite_key(suite)
     module = importlib.import_module(f"trackformer_jax.bench.{key}")
@@ -201,17 +201,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     for record in records:
       record.setdefault("measured_utc", meta["date_utc"])
       record.setdefault("command", meta["command"])
-    measured[key] = (records, module)
+    # Timings on a shared host vary with its load: keep the load each suite ran under.
+    load = os.getloadavg()[0]
+    measured[key] = (records, module, load)
     with locked(out):
       # Re-read under the lock: another --update run may have written since we started.
       results = json.loads(out.read_text()) if args.update and out.exists() else {}
       results.setdefault("summary", {})
-      for done, (fresh, done_module) in measured.items():
+      for done, (fresh, done_module, done_load) in measured.items():
         results[done] = merge_records(results.get(done), fresh, done_module)
         results["summary"][done] = done_module.summarize(results[done])
         # Each suite remembers its own run: --update mixes suites from several invocations.
         results["summary"][done]["run"] = {
-          k: meta[k] for k in ("date_utc", "command", "git_commit")
+          **{k: meta[k] for k in ("date_utc", "command", "git_commit")},
+          "load_average_1min_at_end": done_load,
         }
       results["meta"] = meta
       write_results(results, out)

@@ -6,14 +6,112 @@ step (batch 4; 44.1 kHz at full scale, 8 kHz at reduced scale). The fast search
 estimates and their K x M inner products with the mixtures; brute force remixes the full
 signals for every assignment. The whole-step time is the speed suite's when it ran in this
 invocation, otherwise measured here.
+
+``mixit_loss_bruteforce`` is also the reference the tests compare ``mixit_loss`` with.
 """
+
+import itertools
+import os
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
 
 from trackformer_jax import train
 from trackformer_jax.bench.options import BenchOptions
 from trackformer_jax.bench.speed import speed_config, time_train_step
-from trackformer_jax.bench_mixit import run_mixit_benchmark
+from trackformer_jax.losses.mixit import mixit_loss
 
 NUM_ESTIMATES = 8
+_EPS = 1e-8
+
+
+def all_mixing_matrices(num_mixtures: int, num_estimates: int) -> np.ndarray:
+  """Every ``[K, M]`` 0/1 matrix with one 1 per column, listed by ``itertools.product``."""
+  eye = np.eye(num_mixtures, dtype=np.float32)
+  return np.stack(
+    [eye[list(labels)].T for labels in itertools.product(range(num_mixtures), repeat=num_estimates)]
+  )
+
+
+def mixit_loss_bruteforce(
+  estimates: jax.Array, mixtures: jax.Array, snr_max_db: float = 30.0, chunk: int = 16
+) -> tuple[jax.Array, jax.Array]:
+  """The MixIT definition, literally: remix the full signals for every mixing matrix.
+
+  Same arguments and results as ``mixit_loss``. For each of the K^M matrices A it forms
+  ŷ = A·s on the whole signals and evaluates
+  Σ_k 10·log10(‖y_k − ŷ_k‖² + τ‖y_k‖² + ε) − 10·log10(‖y_k‖² + ε), then keeps the
+  lowest. ``chunk`` matrices are remixed at a time (memory: chunk · batch · K · samples).
+  """
+  estimates, mixtures = jnp.asarray(estimates), jnp.asarray(mixtures)
+  batch, num_estimates, num_mixtures = estimates.shape[0], estimates.shape[1], mixtures.shape[1]
+  estimates = estimates.reshape(batch, num_estimates, -1)
+  mixtures = mixtures.reshape(batch, num_mixtures, -1)
+  matrices = jnp.asarray(all_mixing_matrices(num_mixtures, num_estimates))
+  tau = 10.0 ** (-snr_max_db / 10.0)
+  mixture_energy = jnp.sum(mixtures**2, axis=-1)  # [batch, K]
+
+  def loss_of(matrix):  # [K, M] -> [batch]
+    remixed = jnp.einsum("km,bmt->bkt", matrix, estimates, precision=jax.lax.Precision.HIGHEST)
+    residual_energy = jnp.sum((mixtures - remixed) ** 2, axis=-1)
+    per_mixture = 10.0 * jnp.log10(residual_energy + tau * mixture_energy + _EPS)
+    return jnp.sum(per_mixture - 10.0 * jnp.log10(mixture_energy + _EPS), axis=-1)
+
+  losses = jax.lax.map(loss_of, matrices, batch_size=chunk)  # [K^M, batch]
+  best = jnp.argmin(jax.lax.stop_gradient(losses), axis=0)
+  return losses[best, jnp.arange(batch)], matrices[best]
+
+
+def _timed(fn, *args, repeats: int, warm_up: bool = True):
+  """(seconds per call of the compiled ``fn``, its output); compilation is not timed."""
+  compiled = jax.jit(fn).lower(*args).compile()
+  if warm_up:
+    jax.block_until_ready(compiled(*args))
+  start = time.perf_counter()
+  for _ in range(repeats):
+    output = jax.block_until_ready(compiled(*args))
+  return (time.perf_counter() - start) / repeats, output
+
+
+def run_mixit_benchmark(samples: int = 480_000, batch: int = 4, smoke: bool = False) -> dict:
+  """Times jitted MixIT (M = 8; K = 2 and K = 4) after warm-up, fast search vs brute force.
+
+  Inputs are random ``[batch, 8, samples]`` estimates and ``[batch, K, samples]`` mixtures.
+  ``smoke=True`` shrinks to 4,800 samples and batch 2 for a quick check of the code path.
+  Returns a flat dict of seconds per call (forward loss; the fast path's value-and-grad
+  too) and the largest loss difference between the two, in dB.
+  """
+  if smoke:
+    samples, batch = 4_800, 2
+  rng = np.random.default_rng(0)
+  result = {"samples": samples, "batch": batch, "num_estimates": 8, "device": str(jax.devices()[0])}
+
+  def fast(estimates, mixtures):
+    return mixit_loss(estimates, mixtures)[0]
+
+  def brute(estimates, mixtures):
+    return mixit_loss_bruteforce(estimates, mixtures)[0]
+
+  fast_grad = jax.value_and_grad(lambda s, y: jnp.sum(fast(s, y)))
+  for num_mixtures in (2, 4):
+    estimates = jnp.asarray(rng.standard_normal((batch, 8, samples), np.float32))
+    mixtures = jnp.asarray(rng.standard_normal((batch, num_mixtures, samples), np.float32))
+    repeats = 3 if smoke else 10
+    key = f"k{num_mixtures}"
+    result[f"{key}_fast_s"], fast_loss = _timed(fast, estimates, mixtures, repeats=repeats)
+    result[f"{key}_fast_value_and_grad_s"], _ = _timed(
+      fast_grad, estimates, mixtures, repeats=repeats
+    )
+    # One call, after compiling: at full length it takes minutes on a CPU.
+    result[f"{key}_bruteforce_s"], brute_loss = _timed(
+      brute, estimates, mixtures, repeats=1, warm_up=False
+    )
+    result[f"{key}_max_loss_difference_db"] = float(jnp.max(jnp.abs(fast_loss - brute_loss)))
+  # The machine's 1-minute load average at the end: CPU timings on a shared host vary with it.
+  result["load_average"] = os.getloadavg()[0]
+  return result
 
 
 def whole_step_seconds(options: BenchOptions, results: dict) -> tuple[float | None, str]:
