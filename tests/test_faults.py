@@ -537,3 +537,19 @@ def test_a_workdir_that_is_a_file_is_refused(tiny_musdb, tmp_path):
   path.write_text("not a folder")
   with pytest.raises(train.WorkdirError, match=r"run: not writable \(File exists\)$"):
     train.train_and_evaluate(_test_config(tiny_musdb), path)
+
+
+def test_pretraining_lets_go_of_the_workdir_after_an_error(tiny_musdb, tmp_path, monkeypatch):
+  from trackformer_jax import pretrain
+
+  config = _test_config(tiny_musdb)
+  config.task = "mae"
+
+  def broken_model(config):
+    raise RuntimeError("model construction failed")
+
+  monkeypatch.setattr(pretrain.mae_lib, "create_mae", broken_model)
+  with pytest.raises(RuntimeError, match="model construction failed"):
+    pretrain.pretrain_and_evaluate(config, tmp_path / "run")
+  # A corrected retry in the same process (a notebook) must not be told the workdir is busy.
+  train._lock_workdir(tmp_path / "run").close()

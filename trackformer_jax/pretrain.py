@@ -195,13 +195,27 @@ def pretrain_and_evaluate(
 
   Arguments and files as ``train.train_and_evaluate``; the state's params are the AudioMAE's.
   """
-  from trackformer_jax import input_pipeline
 
   workdir = pathlib.Path(workdir)
   mesh = train.create_mesh()
   train.validate_config(config, num_devices=mesh.devices.size)
   train._prepare_workdir(workdir)
   lock = train._lock_workdir(workdir) if jax.process_index() == 0 else None
+  try:
+    return _pretrain_holding_lock(config, workdir, mesh, stop_after_step)
+  finally:
+    # As in train: released on any error too, so a corrected retry is not refused.
+    if lock is not None:
+      lock.close()
+
+
+def _pretrain_holding_lock(
+  config: ml_collections.ConfigDict,
+  workdir: pathlib.Path,
+  mesh: Any,
+  stop_after_step: int | None,
+) -> train.TrainState:
+  from trackformer_jax import input_pipeline
 
   model = mae_lib.create_mae(config)
   optimizer = train.create_optimizer(config)
@@ -312,8 +326,6 @@ def pretrain_and_evaluate(
     manager.close()
     writer.flush()
     writer.close()
-    if lock is not None:
-      lock.close()
   return state
 
 
