@@ -117,6 +117,12 @@ def get_parser() -> argparse.ArgumentParser:
   parser.add_argument(
     "--seed-budget", type=float, default=90.0, help="seed-tables training seconds per cell"
   )
+  parser.add_argument(
+    "--seed-eval-examples", type=int, default=16, help="seed-tables evaluation examples"
+  )
+  parser.add_argument(
+    "--seed-eval-seconds", type=float, default=10.0, help="seed-tables evaluation length"
+  )
   return parser
 
 
@@ -131,6 +137,8 @@ def options_from_args(args: argparse.Namespace) -> BenchOptions:
     speed_steps=args.speed_steps,
     pipeline_batches=args.pipeline_batches,
     seed_budget_seconds=args.seed_budget,
+    seed_eval_examples=args.seed_eval_examples,
+    seed_eval_seconds=args.seed_eval_seconds,
   )
   if args.host_memory_gib is not None:
     options.host_memory_gib = args.host_memory_gib

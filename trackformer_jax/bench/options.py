@@ -38,6 +38,7 @@ class BenchOptions:
     pipeline_batches: batches timed per segment length in the pipeline suite.
     seed_budget_seconds: training wall-clock of each seed-tables cell (compilation excluded).
     seed_eval_examples: evaluation examples per seed-tables cell.
+    seed_eval_seconds: length of each seed-tables evaluation example.
   """
 
   smoke: bool = False
@@ -53,3 +54,4 @@ class BenchOptions:
   pipeline_batches: int = 20
   seed_budget_seconds: float = 90.0
   seed_eval_examples: int = 16
+  seed_eval_seconds: float = 10.0
