@@ -10,10 +10,11 @@ import pytest
 from trackformer_jax.bench.mixit import all_mixing_matrices, mixit_loss_bruteforce
 from trackformer_jax.losses import mixit
 
-# Short signals keep brute force (K^M remixes of the full signals) fast; batch 2 throughout
-# and jitted functions, so that each (K, M, layout) compiles once.
+# Short signals keep brute force (K^M remixes of the full signals) fast; jitted functions,
+# so that each (K, M, layout) compiles once. Batch 4: a vmapped search over fewer examples
+# hid a wrong compilation (see test_batched_search_equals_per_example).
 TIME = 64
-BATCH = 2
+BATCH = 4
 mixit_loss = jax.jit(mixit.mixit_loss)
 bruteforce = jax.jit(mixit_loss_bruteforce)
 assignment_matrices, mixture_consistency = mixit.assignment_matrices, mixit.mixture_consistency
@@ -87,6 +88,29 @@ def test_finds_the_true_assignment_and_reaches_the_snr_cap():
     loss, mixing = mixit_loss(exact, mixtures, snr_max_db=snr_max_db)
     np.testing.assert_allclose(loss, -4 * snr_max_db * np.ones(2), atol=1e-3)
     np.testing.assert_array_equal(mixing, true_mixing)
+
+
+@pytest.mark.parametrize(("num_mixtures", "num_estimates"), [(2, 8), (4, 8), (4, 7), (3, 5)])
+def test_batched_search_equals_per_example(num_mixtures, num_estimates):
+  """The jitted search over a batch of 8 against one example at a time and against an exact
+  float64 ranking of every assignment. Written with two Gram dots, the search returned the
+  first example's terms for every example of a batch >= 4 under jit (jax 0.10.2, CPU)."""
+  estimates = _random((8, num_estimates, TIME), 21)
+  mixtures = _random((8, num_mixtures, TIME), 22)
+  loss, mixing = mixit_loss(estimates, mixtures)
+  matrices = all_mixing_matrices(num_mixtures, num_estimates).astype(np.float64)
+  for b in range(8):
+    one_loss, one_mixing = mixit_loss(estimates[b : b + 1], mixtures[b : b + 1])
+    np.testing.assert_array_equal(mixing[b], one_mixing[0])
+    np.testing.assert_allclose(loss[b], one_loss[0], atol=1e-5)
+    s, y = np.asarray(estimates[b], np.float64), np.asarray(mixtures[b], np.float64)
+    residual = y[None] - np.einsum("pkm,mt->pkt", matrices, s)
+    energy = np.sum(y**2, axis=-1)
+    exact = np.sum(
+      10 * np.log10(np.sum(residual**2, -1) + 1e-3 * energy + 1e-8) - 10 * np.log10(energy + 1e-8),
+      axis=-1,
+    )
+    np.testing.assert_array_equal(mixing[b], matrices[np.argmin(exact)])
 
 
 @pytest.mark.parametrize("num_mixtures", [2, 4])

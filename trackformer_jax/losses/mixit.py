@@ -112,37 +112,41 @@ def _best_assignment(estimates, mixtures, mixture_energy, num_mixtures, snr_max_
   rest). Splitting G and c the same way,
     ‖y_k − ŷ_k‖² = ‖y_k‖² + u_k(a) + v_k(b) + 2·a_k G₁₂ b_kᵀ,
   with u_k(a) = a_k G₁₁ a_kᵀ − 2·a_k·c₁ₖ (K^h of them) and v_k(b) likewise (K^(M−h)); the
-  coupling for all K^M pairs is one batched matmul of depth M − h. For K = 4, M = 8 that is
-  4·256·256·4 ≈ 1M multiply-adds per example instead of 4^8·4·8² ≈ 17M for the direct
+  coupling for all K^M pairs is one batched matmul. For K = 4, M = 8 that is about
+  4·256·256·8 ≈ 2M multiply-adds per example instead of 4^8·4·8² ≈ 17M for the direct
   quadratic form, and the largest array is [K^h, K^(M−h), K] (1 MB).
   """
   estimates, mixtures, mixture_energy = jax.lax.stop_gradient((estimates, mixtures, mixture_energy))
   num_estimates = estimates.shape[1]
   gram = jnp.einsum("bmt,bnt->bmn", estimates, estimates, precision=_HIGHEST)
   cross = jnp.einsum("bkt,bmt->bkm", mixtures, estimates, precision=_HIGHEST)
+  # The half-assignments as full-width [P, K, M] matrices (zeros on the other half), so a
+  # and b each multiply the whole G: a G aᵀ = a_k G₁₁ a_kᵀ, (a G)·b = a_k G₁₂ b_kᵀ.
   h = num_estimates // 2
-  first = assignment_matrices(num_mixtures, h).astype(gram.dtype)  # [P1, K, h]
-  second = assignment_matrices(num_mixtures, num_estimates - h).astype(gram.dtype)  # [P2, K, M-h]
-
-  def own_terms(a, gram_block, cross_block):  # -> [P, K]: a_k G a_kᵀ − 2 a_k·c_k
-    projected = jnp.einsum("pkm,mn->pkn", a, gram_block, precision=_HIGHEST)
-    return jnp.sum(a * (projected - 2.0 * cross_block), axis=-1)
+  first = assignment_matrices(num_mixtures, h)
+  second = assignment_matrices(num_mixtures, num_estimates - h)
+  first = jnp.pad(first, ((0, 0), (0, 0), (0, num_estimates - h))).astype(gram.dtype)
+  second = jnp.pad(second, ((0, 0), (0, 0), (h, 0))).astype(gram.dtype)
+  halves = jnp.concatenate([first, second], axis=0)
+  num_first = first.shape[0]
 
   def search(stats):
     gram, cross, energy = stats  # [M, M], [K, M], [K] for one example
-    u = own_terms(first, gram[:h, :h], cross[:, :h])
-    v = own_terms(second, gram[h:, h:], cross[:, h:])
-    first_times_g12 = jnp.einsum("pkm,mn->kpn", first, gram[:h, h:], precision=_HIGHEST)
-    coupling = jnp.einsum("kpn,qkn->pqk", first_times_g12, second, precision=_HIGHEST)
-    residual_energy = energy + u[:, None, :] + v[None, :, :] + 2.0 * coupling  # [P1, P2, K]
+    # Both halves in ONE dot with G. Written as two dots sharing G, jax 0.10.2's CPU
+    # compiler returned the first example's u and v for every example of a vmapped batch
+    # of 4 or more (K = 4, M = 8): test_batched_search_equals_per_example guards this.
+    projected = jnp.einsum("pkm,mn->pkn", halves, gram, precision=_HIGHEST)
+    own = jnp.sum(halves * (projected - 2.0 * cross), axis=-1)  # [P1 + P2, K]
+    coupling = jnp.einsum("pkn,qkn->pqk", projected[:num_first], second, precision=_HIGHEST)
+    residual_energy = energy + own[:num_first, None, :] + own[None, num_first:, :] + 2.0 * coupling
     loss = _thresholded_neg_snr(jnp.maximum(residual_energy, 0.0), energy, snr_max_db)
-    return jnp.argmin(loss.reshape(-1))
+    return jnp.argmin(loss.reshape(-1))  # index p1 * P2 + p2
 
-  num_pairs = first.shape[0] * second.shape[0]
+  num_pairs = num_first * second.shape[0]
   chunk = max(1, _SEARCH_CHUNK_FLOATS // (num_pairs * num_mixtures))
   best = jax.lax.map(search, (gram, cross, mixture_energy), batch_size=chunk)
   best_first, best_second = jnp.divmod(best, second.shape[0])
-  return jnp.concatenate([first[best_first], second[best_second]], axis=-1)
+  return first[best_first] + second[best_second]
 
 
 def mixture_consistency(
