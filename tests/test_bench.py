@@ -164,3 +164,30 @@ def test_schema_names_the_missing_or_mistyped_field():
   del broken["summary"]["memory"]
   with pytest.raises(SchemaError, match="summary.memory"):
     check_results(broken)
+
+
+def test_separate_child_reports_its_own_peak_not_its_parents():
+  # The parent holds ~400 MiB when it starts the child; ru_maxrss would carry that over
+  # across fork + exec, VmHWM (what the separate suite reads) does not.
+  import subprocess
+  import sys
+
+  import numpy as np
+
+  from trackformer_jax.bench.separate import peak_rss_bytes
+
+  ballast = np.ones(400 * 2**20 // 8)
+  parent_peak = peak_rss_bytes()
+  assert parent_peak >= ballast.nbytes
+  child = subprocess.run(
+    [
+      sys.executable,
+      "-c",
+      "from trackformer_jax.bench.separate import peak_rss_bytes; print(peak_rss_bytes())",
+    ],
+    capture_output=True,
+    text=True,
+    check=True,
+  )
+  child_peak = int(child.stdout.strip())
+  assert 0 < child_peak < parent_peak - ballast.nbytes // 2
