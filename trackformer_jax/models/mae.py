@@ -43,6 +43,8 @@ from trackformer_jax.models.convtasnet import ConvEncoder, frame_padding
 from trackformer_jax.models.separator import (
   _MAGNITUDE_FLOOR,
   TransformerStack,
+  add_positional_information,
+  layer_feature_keys,
   num_frames,
   stft,
 )
@@ -213,21 +215,11 @@ class AudioMAE(nn.Module):
     mask_token = self.param("mask_token", nn.initializers.normal(0.02), (c.d_model,), jnp.float32)
     # A select, so the hidden tokens' values (and gradients) are cut off entirely.
     x = jnp.where(hidden[..., None], mask_token.astype(dtype), x)
-    positional = nn.Conv(
-      c.d_model,
-      (c.pos_conv_kernel,),
-      feature_group_count=c.d_model,
-      padding="SAME",
-      dtype=dtype,
-      name="positional_conv",
-    )(x)
-    x = x + nn.gelu(positional)
-    x = nn.Dropout(c.dropout_rate, deterministic=deterministic)(x)
+    x = add_positional_information(x, c, dtype, deterministic)
 
-    base_key = jax.random.PRNGKey(c.feature_seed)
-    if feature_seed is not None:
-      base_key = jax.random.fold_in(base_key, feature_seed)
-    layer_keys = jax.vmap(lambda i: jax.random.fold_in(base_key, i))
+    def layer_keys(layers):
+      return layer_feature_keys(c, feature_seed, layers)
+
     encoded = TransformerStack(c, self.attention, deterministic, name="transformer")(
       x, layer_keys(jnp.arange(c.num_layers))
     )

@@ -174,6 +174,43 @@ class TransformerStack(nn.Module):
     return x
 
 
+def add_positional_information(
+  x: jax.Array, config: ml_collections.FrozenConfigDict, dtype: Any, deterministic: bool
+) -> jax.Array:
+  """`[B, frames, d_model]` plus a depthwise-conv positional term, then dropout.
+
+  Call it from a compact module: it creates that module's `positional_conv` submodule (the
+  name Audio-MAE transfer relies on). A depthwise convolution over frames (as wav2vec 2.0)
+  is relative and translation-equivariant, so a model trained on 3 s segments meets no
+  unseen positions on 30 s ones or whole songs, unlike absolute (sinusoidal or learned)
+  codes; relative attention biases would need the length × length logits FAVOR+ avoids.
+  """
+  positional = nn.Conv(
+    config.d_model,
+    (config.pos_conv_kernel,),
+    feature_group_count=config.d_model,
+    padding="SAME",
+    dtype=dtype,
+    name="positional_conv",
+  )(x)
+  x = x + nn.gelu(positional)
+  return nn.Dropout(config.dropout_rate, deterministic=deterministic)(x)
+
+
+def layer_feature_keys(
+  config: ml_collections.FrozenConfigDict, feature_seed: Any, layers: jax.Array
+) -> jax.Array:
+  """The FAVOR+ feature key of each layer index in `layers`: `[len(layers), 2]`.
+
+  `fold_in(PRNGKey(config.feature_seed), layer)`, first folded with `feature_seed` when it is
+  given (an int or traced int, to redraw features without retracing).
+  """
+  base_key = jax.random.PRNGKey(config.feature_seed)
+  if feature_seed is not None:
+    base_key = jax.random.fold_in(base_key, feature_seed)
+  return jax.vmap(lambda i: jax.random.fold_in(base_key, i))(layers)
+
+
 class TransformerSeparator(nn.Module):
   """Mask-based separator with a transformer body; see the module docstring.
 
@@ -218,25 +255,8 @@ class TransformerSeparator(nn.Module):
 
     dense = functools.partial(nn.Dense, dtype=dtype, param_dtype=jnp.float32)
     x = dense(c.d_model, name="input_projection")(tokens.astype(dtype))
-    # Positional information from a depthwise convolution over frames (as wav2vec 2.0):
-    # relative and translation-equivariant, so a model trained on 3 s segments meets no
-    # unseen positions on 30 s ones or whole songs, unlike absolute (sinusoidal or learned)
-    # codes; relative attention biases would need the length × length logits FAVOR+ avoids.
-    positional = nn.Conv(
-      c.d_model,
-      (c.pos_conv_kernel,),
-      feature_group_count=c.d_model,
-      padding="SAME",
-      dtype=dtype,
-      name="positional_conv",
-    )(x)
-    x = x + nn.gelu(positional)
-    x = nn.Dropout(c.dropout_rate, deterministic=deterministic)(x)
-
-    base_key = jax.random.PRNGKey(c.feature_seed)
-    if feature_seed is not None:
-      base_key = jax.random.fold_in(base_key, feature_seed)
-    feature_keys = jax.vmap(lambda i: jax.random.fold_in(base_key, i))(jnp.arange(c.num_layers))
+    x = add_positional_information(x, c, dtype, deterministic)
+    feature_keys = layer_feature_keys(c, feature_seed, jnp.arange(c.num_layers))
     x = TransformerStack(c, self.attention, deterministic, name="transformer")(x, feature_keys)
 
     x = nn.LayerNorm(dtype=dtype, name="output_norm")(x)
