@@ -16,6 +16,10 @@ All are small (a few tracks of ~2 s at 8 kHz) so any test can use them freely:
 * ``tiny_config``    a function ``tiny_config(data_spec, **overrides) -> ConfigDict``:
                      ``configs/default.py`` with 8 kHz mono, 0.5 s segments, batch 2,
                      4 eval examples, overridden by keyword.
+* ``compilation_cache`` (module scope) a persistent JAX compilation cache in a temporary
+                     folder for the module's tests, caching every program; the module's
+                     own JAX settings are restored after it. Use it with
+                     ``pytestmark = pytest.mark.usefixtures("compilation_cache")``.
 
 Use the session paths read-only; copy them (``shutil.copytree``) before damaging files.
 """
@@ -27,6 +31,7 @@ import json
 import uuid
 from pathlib import Path
 
+import jax
 import numpy as np
 import pytest
 
@@ -162,3 +167,18 @@ def tiny_config():
     return config
 
   return make
+
+
+@pytest.fixture(scope="module")
+def compilation_cache(tmp_path_factory):
+  # Modules that compile the same programs again and again (equal-shape runs, configs that
+  # differ only in where their weights start) compile each distinct one once.
+  saved = {
+    name: getattr(jax.config, name)
+    for name in ("jax_compilation_cache_dir", "jax_persistent_cache_min_compile_time_secs")
+  }
+  jax.config.update("jax_compilation_cache_dir", str(tmp_path_factory.mktemp("jax_cache")))
+  jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+  yield
+  for name, value in saved.items():
+    jax.config.update(name, value)

@@ -29,19 +29,9 @@ FAST_CONFIGS = {"test.py", "quick.py"}
 FAST_COMPILE = {"xla_backend_optimization_level": "0", "xla_llvm_disable_expensive_passes": "True"}
 
 
-@pytest.fixture(scope="module", autouse=True)
-def compilation_cache(tmp_path_factory):
-  # Several files compile the same program (perf3 and perf3_nomae differ only in where the
-  # weights start; default.py has perf3's sizes): each distinct one is compiled once.
-  saved = {
-    name: getattr(jax.config, name)
-    for name in ("jax_compilation_cache_dir", "jax_persistent_cache_min_compile_time_secs")
-  }
-  jax.config.update("jax_compilation_cache_dir", str(tmp_path_factory.mktemp("jax_cache")))
-  jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
-  yield
-  for name, value in saved.items():
-    jax.config.update(name, value)
+# Several files compile the same program (perf3 and perf3_nomae differ only in where the
+# weights start; default.py has perf3's sizes): each distinct one is compiled once.
+pytestmark = pytest.mark.usefixtures("compilation_cache")
 
 
 def load_config(path: pathlib.Path):

@@ -39,17 +39,7 @@ def load_test_config(data_spec: str, **overrides):
   return config
 
 
-@pytest.fixture(scope="module", autouse=True)
-def compilation_cache(tmp_path_factory):
-  saved = {
-    name: getattr(jax.config, name)
-    for name in ("jax_compilation_cache_dir", "jax_persistent_cache_min_compile_time_secs")
-  }
-  jax.config.update("jax_compilation_cache_dir", str(tmp_path_factory.mktemp("jax_cache")))
-  jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
-  yield
-  for name, value in saved.items():
-    jax.config.update(name, value)
+pytestmark = pytest.mark.usefixtures("compilation_cache")
 
 
 def read_metrics(workdir: pathlib.Path) -> list[dict]:
