@@ -257,13 +257,18 @@ def load_params(
   """(config, params) of a trained workdir; ``which`` is "best", "latest" or a step number.
 
   The parameters come back on the first local device as ``jax.Array``s, whatever the device
-  count the run was trained on.
+  and host count the run was trained on: every leaf gets an explicit single-device target,
+  since the shardings saved with it name devices (other hosts' among them) that a tool run
+  on one machine does not have.
   """
   config = read_config(workdir)
   manager = create_manager(workdir, read_only=True)
   try:
     step = _choose_step(manager, which)
-    metadata = manager.item_metadata(step)["params"]
+    # The manager itself knows no handler for its items until one is used, so it has no
+    # metadata for them; the step's params folder is read directly.
+    params_dir = pathlib.Path(manager.directory) / str(step) / "params"
+    metadata = ocp.PyTreeCheckpointer().metadata(params_dir).item_metadata.tree
     device = jax.local_devices()[0]
     target = jax.tree.map(
       lambda leaf: jax.ShapeDtypeStruct(

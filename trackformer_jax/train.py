@@ -683,7 +683,9 @@ def _lock_workdir(workdir: pathlib.Path):
 def _prepare_workdir(workdir: pathlib.Path) -> None:
   try:
     workdir.mkdir(parents=True, exist_ok=True)
-    probe = workdir / ".write_probe"
+    # One probe per process: the hosts of a multi-host run share the workdir, and with one
+    # name a host could unlink the probe under another one's feet.
+    probe = workdir / f".write_probe.{jax.process_index()}.{os.getpid()}"
     probe.write_text("ok")
     probe.unlink()
   except OSError as error:
