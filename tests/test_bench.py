@@ -51,6 +51,14 @@ def test_speed_and_mixit_share_the_step_time(smoke_results):
   speed = {r["model"]: r for r in results["speed"]}
   assert speed.keys() == {"performer", "convtasnet"}
   assert all(r["status"] == "ran" and r["step_seconds"] > 0 for r in speed.values())
+  for r in speed.values():
+    # XLA's count of the compiled step; throughput is that over the timed step. No
+    # --peak-tflops in the smoke run, so no utilisation is claimed.
+    assert r["flops_per_step"] > 0
+    assert r["achieved_tflops_per_second"] == pytest.approx(
+      r["flops_per_step"] / r["step_seconds"] / 1e12
+    )
+    assert r["model_flops_utilisation"] is None
   ratio = results["summary"]["speed"]["step_ratio_0.5s"]
   assert ratio == pytest.approx(
     speed["performer"]["step_seconds"] / speed["convtasnet"]["step_seconds"]
@@ -61,6 +69,20 @@ def test_speed_and_mixit_share_the_step_time(smoke_results):
     assert r["num_assignments"] == r["num_mixtures"] ** 8
     assert r["step_source"] == "speed suite"
     assert r["step_seconds"] == speed["performer"]["step_seconds"]
+
+
+@pytest.mark.slow
+def test_a_given_peak_turns_throughput_into_model_flops_utilisation(smoke_results):
+  from trackformer_jax.bench import speed
+  from trackformer_jax.bench.experiments import smoke_config
+
+  # The smoke run compiled this step already: the process-wide cache makes this a re-run.
+  config = smoke_config("performer", speed.SMOKE_SECONDS[0])
+  record = speed.time_train_step(config, 1, host_memory_gib=100.0, peak_tflops=0.5)
+  assert record["model_flops_utilisation"] == pytest.approx(
+    record["achieved_tflops_per_second"] / 0.5
+  )
+  assert 0 < record["model_flops_utilisation"]
 
 
 @pytest.mark.slow

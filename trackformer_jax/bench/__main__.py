@@ -108,6 +108,12 @@ def get_parser() -> argparse.ArgumentParser:
   parser.add_argument("--speed-batch", type=int, default=None, help="speed suite batch size")
   parser.add_argument("--speed-steps", type=int, default=3, help="timed steps per config")
   parser.add_argument(
+    "--peak-tflops",
+    type=float,
+    default=None,
+    help="the device's peak TFLOP/s for the step's dtype: the speed suite then reports MFU",
+  )
+  parser.add_argument(
     "--favor-lengths", type=int, nargs="+", default=None, help="favor suite lengths (tokens)"
   )
   parser.add_argument(
@@ -135,6 +141,7 @@ def options_from_args(args: argparse.Namespace) -> BenchOptions:
     speed_scale=args.speed_scale,
     speed_batch_size=args.speed_batch,
     speed_steps=args.speed_steps,
+    peak_tflops=args.peak_tflops,
     pipeline_batches=args.pipeline_batches,
     seed_budget_seconds=args.seed_budget,
     seed_eval_examples=args.seed_eval_examples,

@@ -34,6 +34,22 @@ def compiled_memory(compiled: Any) -> dict[str, int]:
   return figures
 
 
+def compiled_flops(compiled: Any) -> float | None:
+  """XLA's count of floating-point operations in one call of a compiled program.
+
+  What the compiler schedules (forward, gradient, optimizer update; rematerialised work
+  counted again), not an analytic model count; None where the backend gives no estimate.
+  """
+  try:
+    analysis = compiled.cost_analysis()
+  except Exception:  # noqa: BLE001 - some backends do not implement the analysis
+    return None
+  if isinstance(analysis, list | tuple):  # older jax: one dict per program
+    analysis = analysis[0] if analysis else {}
+  flops = (analysis or {}).get("flops")
+  return float(flops) if flops and flops > 0 else None
+
+
 def seconds_per_call(fn: Callable[[], Any], repeats: int) -> dict[str, float]:
   """Calls ``fn`` once untimed (warm-up), then ``repeats`` times, blocking on each result.
 
@@ -81,6 +97,7 @@ class CompiledStep:
   executable: Any  # (state, batch, rng) -> (state, metrics); the state is donated
   compile_seconds: float
   memory: dict
+  flops: float | None  # XLA's floating-point operations per step (``compiled_flops``)
 
 
 _COMPILED_STEPS: dict[str, CompiledStep] = {}
@@ -110,5 +127,6 @@ def compiled_train_step(config: ml_collections.ConfigDict) -> CompiledStep:
       executable=executable,
       compile_seconds=time.perf_counter() - start,
       memory=compiled_memory(executable),
+      flops=compiled_flops(executable),
     )
   return _COMPILED_STEPS[key]

@@ -33,6 +33,8 @@ class BenchOptions:
       seed-tables' quarter-size models at 8 kHz: what a CPU can run).
     speed_batch_size: batch of the speed suite (None: the configs' own, 4).
     speed_steps: timed steps per configuration (after one untimed warm-up step).
+    peak_tflops: the device's peak TFLOP/s for the dtype the step runs in (e.g. from its
+      data sheet); with it the speed suite reports model FLOPs utilisation, without it None.
     favor_lengths: sequence lengths (tokens) of the favor suite.
     separate_minutes: song lengths of the separate suite.
     pipeline_batches: batches timed per segment length in the pipeline suite.
@@ -49,6 +51,7 @@ class BenchOptions:
   speed_scale: str = "full"
   speed_batch_size: int | None = None
   speed_steps: int = 3
+  peak_tflops: float | None = None
   favor_lengths: tuple[int, ...] = (1024, 2048, 4096, 8192, 16384, 32768, 65536)
   separate_minutes: tuple[float, ...] = (3.0, 10.0)
   pipeline_batches: int = 20

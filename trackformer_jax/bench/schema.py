@@ -37,6 +37,10 @@ RECORDS = {
     "compile_seconds": NUMBER,
     "step_seconds": MAYBE_NUMBER,
     "examples_per_second": MAYBE_NUMBER,
+    "flops_per_step": MAYBE_NUMBER,
+    "achieved_tflops_per_second": MAYBE_NUMBER,
+    "model_flops_utilisation": MAYBE_NUMBER,
+    "device_peak_bytes": MAYBE_NUMBER,
   },
   "mixit": {
     "num_mixtures": int,

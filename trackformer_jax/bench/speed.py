@@ -4,6 +4,11 @@ Both run in one process on the same machine, one after the other, each step comp
 as the trainer compiles it (``train.compile_train_step``) and fed a fixed random batch (the
 step's cost does not depend on the audio). The seed reports epochs 1.36x faster at 3 s, a
 step-time ratio of 1/1.36 = 0.74; the issue aims for <= 0.5.
+
+Each record also carries the step's floating-point operations as XLA counts them, the
+achieved TFLOP/s, the model FLOPs utilisation when ``--peak-tflops`` gives the device's
+peak (no peak is guessed: it depends on the card and the dtype), and the device's own peak
+memory where the runtime reports one (GPU, TPU; None on the CPU).
 """
 
 import jax
@@ -29,7 +34,18 @@ def random_batch(config: ml_collections.ConfigDict, seed: int = 0) -> dict[str, 
   return {"mom": mixtures.sum(axis=1), "mixtures": mixtures}
 
 
-def time_train_step(config: ml_collections.ConfigDict, steps: int, host_memory_gib: float) -> dict:
+def device_peak_bytes() -> int | None:
+  """The first device's peak allocation so far, where the runtime tracks it (not the CPU)."""
+  stats = jax.local_devices()[0].memory_stats() or {}
+  return int(stats["peak_bytes_in_use"]) if "peak_bytes_in_use" in stats else None
+
+
+def time_train_step(
+  config: ml_collections.ConfigDict,
+  steps: int,
+  host_memory_gib: float,
+  peak_tflops: float | None = None,
+) -> dict:
   """Compiles ``config``'s train step, reads its memory, and times ``steps`` steps.
 
   A step whose compiled memory exceeds ``host_memory_gib`` is not run (``status`` says so).
@@ -38,6 +54,10 @@ def time_train_step(config: ml_collections.ConfigDict, steps: int, host_memory_g
   record = {
     "compile_seconds": compiled.compile_seconds,
     "peak_bytes": compiled.memory["peak_bytes"],
+    "flops_per_step": compiled.flops,
+    "achieved_tflops_per_second": None,
+    "model_flops_utilisation": None,
+    "device_peak_bytes": None,
   }
   if record["peak_bytes"] > host_memory_gib * GIB:
     record.update(
@@ -64,7 +84,14 @@ def time_train_step(config: ml_collections.ConfigDict, steps: int, host_memory_g
     first_step_seconds=timing["warmup_seconds"],
     steps_timed=timing["repeats"],
     examples_per_second=config.batch_size / timing["median_seconds"],
+    # A running peak: it covers every step this process ran so far, this one's included.
+    device_peak_bytes=device_peak_bytes(),
   )
+  if compiled.flops:
+    achieved = compiled.flops / timing["median_seconds"] / 1e12
+    record["achieved_tflops_per_second"] = achieved
+    if peak_tflops:
+      record["model_flops_utilisation"] = achieved / peak_tflops
   return record
 
 
@@ -102,7 +129,10 @@ def run(options: BenchOptions, results: dict) -> list[dict]:
         "batch_size": int(config.batch_size),
         "sample_rate_hz": int(config.sample_rate_hz),
         **time_train_step(
-          config, 1 if options.smoke else options.speed_steps, options.host_memory_gib
+          config,
+          1 if options.smoke else options.speed_steps,
+          options.host_memory_gib,
+          options.peak_tflops,
         ),
       }
       step = record["step_seconds"]

@@ -37,16 +37,22 @@ def memory_table(records: list[dict]) -> str:
 def speed_table(records: list[dict], summary: dict) -> str:
   seconds = sorted({r["segment_seconds"] for r in records})
   by = {(r["model"], r["segment_seconds"]): r for r in records}
-  rows = []
-  for model in ("performer", "convtasnet"):
-    rows.append(
-      [f"{model} s/step"]
-      + [_cell(by.get((model, s), {}).get("step_seconds"), "{:.3f}") for s in seconds]
-    )
+  models = ("performer", "convtasnet")
+
+  def row(model: str, title: str, field: str, fmt: str, scale: float = 1.0) -> list[str]:
+    values = [by.get((model, s), {}).get(field) for s in seconds]
+    return [f"{model} {title}"] + [_cell(None if v is None else v * scale, fmt) for v in values]
+
+  rows = [row(model, "s/step", "step_seconds", "{:.3f}") for model in models]
   rows.append(
     ["ratio performer / convtasnet"]
     + [_cell(summary.get(f"step_ratio_{s:g}s"), "{:.3f}") for s in seconds]
   )
+  for model in models:
+    rows.append(row(model, "GFLOP/step (XLA)", "flops_per_step", "{:.1f}", 1e-9))
+    rows.append(row(model, "achieved TFLOP/s", "achieved_tflops_per_second", "{:.3f}"))
+    if any(by.get((model, s), {}).get("model_flops_utilisation") for s in seconds):
+      rows.append(row(model, "MFU", "model_flops_utilisation", "{:.1%}"))
   return _table(["step time"] + [f"{s:g} s" for s in seconds], rows)
 
 
