@@ -268,7 +268,10 @@ def load_params(
     # The manager itself knows no handler for its items until one is used, so it has no
     # metadata for them; the step's params folder is read directly.
     params_dir = pathlib.Path(manager.directory) / str(step) / "params"
-    metadata = ocp.PyTreeCheckpointer().metadata(params_dir).item_metadata.tree
+    try:
+      metadata = ocp.PyTreeCheckpointer().metadata(params_dir).item_metadata.tree
+    except Exception as error:  # noqa: BLE001 - orbax raises many kinds on damaged files
+      raise CheckpointError(f"{params_dir}: unreadable checkpoint ({error})") from None
     device = jax.local_devices()[0]
     target = jax.tree.map(
       lambda leaf: jax.ShapeDtypeStruct(
