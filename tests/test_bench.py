@@ -196,7 +196,7 @@ def test_separate_child_reports_its_own_peak_not_its_parents():
 
   import numpy as np
 
-  from trackformer_jax.bench.separate import peak_rss_bytes
+  from trackformer_jax.resources import peak_rss_bytes
 
   ballast = np.ones(400 * 2**20 // 8)
   parent_peak = peak_rss_bytes()
@@ -205,7 +205,7 @@ def test_separate_child_reports_its_own_peak_not_its_parents():
     [
       sys.executable,
       "-c",
-      "from trackformer_jax.bench.separate import peak_rss_bytes; print(peak_rss_bytes())",
+      "from trackformer_jax.resources import peak_rss_bytes; print(peak_rss_bytes())",
     ],
     capture_output=True,
     text=True,

@@ -21,7 +21,6 @@ import json
 import math
 import os
 import pathlib
-import resource
 import shutil
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
@@ -40,6 +39,7 @@ from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from trackformer_jax import checkpoints
+from trackformer_jax.resources import peak_rss_bytes
 
 STEM_NAMES = ("vocals", "bass", "drums", "other")
 SPARSITY_KINDS = ("rms_ratio", "entropy")
@@ -657,7 +657,7 @@ def peak_memory_bytes() -> int:
   stats = jax.local_devices()[0].memory_stats() or {}
   if "peak_bytes_in_use" in stats:
     return int(stats["peak_bytes_in_use"])
-  return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB
+  return peak_rss_bytes()
 
 
 def _format_duration(seconds: float) -> str:

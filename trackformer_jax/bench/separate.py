@@ -2,7 +2,7 @@
 
 Each song (3 and 10 minutes; synthetic, written here) is separated to a folder by
 ``Separator.separate_to_folder``, the CLI's streaming path, in a fresh child process, so that
-its peak resident memory (:func:`peak_rss_bytes`) belongs to that song alone. The
+its peak resident memory (``resources.peak_rss_bytes``) belongs to that song alone. The
 model is the quick-size Performer (``configs/quick.py``: 16 kHz mono, 4 layers of width 128)
 **randomly initialised**: the cost of separating does not depend on the weights, and no
 trained model ships with the repository. Compilation is paid on a 5 s warm-up clip before timing.
@@ -21,6 +21,7 @@ import soundfile
 
 from trackformer_jax.bench.experiments import REPOSITORY
 from trackformer_jax.bench.options import BenchOptions
+from trackformer_jax.resources import peak_rss_bytes
 
 SAMPLE_RATE_HZ = 44100
 CHANNELS = 2
@@ -48,27 +49,6 @@ def write_test_song(path: pathlib.Path, seconds: float, seed: int = 0) -> None:
       left = 0.15 * chord + 0.2 * bass + 0.2 * beat
       right = 0.1 * chord + 0.2 * bass + 0.25 * beat
       song.write(np.stack([left, right], axis=1).astype(np.float32))
-
-
-def peak_rss_bytes() -> int:
-  """This process's peak resident memory.
-
-  Linux's ``VmHWM`` belongs to the process's own address space, which ``exec`` replaces;
-  ``ru_maxrss`` instead survives ``fork`` + ``exec``, so a child started by a bench process
-  that had grown to gigabytes reports the parent's peak (it did: 4.7 GiB for a song that
-  needs 0.6). ``ru_maxrss`` is the fallback where ``/proc`` is missing. Measured here, not
-  by importing ``train``, whose imports alone would add half a GiB to the figure.
-  """
-  try:
-    for line in pathlib.Path("/proc/self/status").read_text().splitlines():
-      if line.startswith("VmHWM:"):
-        return int(line.split()[1]) * 1024  # reported in kB
-  except OSError:
-    pass
-  import resource
-
-  scale = 1 if sys.platform == "darwin" else 1024  # bytes on macOS, KiB on Linux
-  return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale)
 
 
 def separate_in_this_process(song: str, out_dir: str, smoke: bool) -> dict:
