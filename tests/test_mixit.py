@@ -166,6 +166,47 @@ def test_silence_gives_finite_loss_and_gradients(silent):
     np.testing.assert_allclose(loss, 0.0, atol=1e-4)
 
 
+@pytest.mark.parametrize(("num_mixtures", "num_estimates"), [(4, 8), (3, 5)])
+def test_required_mixtures_each_get_an_estimate(num_mixtures, num_estimates):
+  """The constrained search against every allowed assignment scored on the full signals."""
+  rng = np.random.default_rng(31)
+  mixtures = rng.standard_normal((BATCH, num_mixtures, TIME))
+  mixtures[:, -1] *= 0.01  # quiet and unrelated to every estimate: best left empty when free
+  # Scaled copies of the loud mixtures, and one estimate of unrelated noise.
+  copies = mixtures[:, np.arange(num_estimates - 1) % (num_mixtures - 1)]
+  copies = copies * rng.uniform(0.2, 1.0, (BATCH, num_estimates - 1, 1))
+  estimates = np.concatenate([copies, rng.standard_normal((BATCH, 1, TIME))], axis=1)
+  estimates, mixtures = jnp.asarray(estimates, jnp.float32), jnp.asarray(mixtures, jnp.float32)
+  required = np.ones((BATCH, num_mixtures), bool)
+  required[1, -1] = False  # this example may leave the quiet mixture empty
+  _, free = mixit_loss(estimates, mixtures)
+  loss, forced = mixit_loss(estimates, mixtures, 30.0, jnp.asarray(required))
+  assert not np.asarray(free)[:, -1].any()  # the free search does leave it empty
+  np.testing.assert_array_equal(np.asarray(forced).any(axis=-1), np.asarray(free).any(axis=-1)
+                                | required)  # fmt: skip
+  np.testing.assert_array_equal(forced[1], free[1])
+  matrices = all_mixing_matrices(num_mixtures, num_estimates)  # [P, K, M]
+  s, y = np.asarray(estimates, np.float64), np.asarray(mixtures, np.float64)
+  for b in range(BATCH):
+    residual = np.sum((y[b][None] - np.einsum("pkm,mt->pkt", matrices, s[b])) ** 2, axis=-1)
+    energy = np.sum(y[b] ** 2, axis=-1)
+    losses = np.sum(
+      10 * np.log10(residual + 1e-3 * energy + 1e-8) - 10 * np.log10(energy + 1e-8), -1
+    )
+    allowed = (matrices.any(axis=-1) | ~required[b]).all(axis=-1)
+    np.testing.assert_allclose(loss[b], losses[allowed].min(), atol=1e-3)
+
+
+def test_required_beyond_the_estimates_is_ignored():
+  estimates, mixtures = _random((BATCH, 2, TIME), 41), _random((BATCH, 4, TIME), 42)
+  free = mixit_loss(estimates, mixtures)
+  forced = mixit_loss(estimates, mixtures, 30.0, jnp.ones((BATCH, 4), bool))
+  np.testing.assert_array_equal(forced[1], free[1])
+  np.testing.assert_allclose(forced[0], free[0])
+  with pytest.raises(ValueError, match="required"):
+    mixit.mixit_loss(estimates, mixtures, 30.0, jnp.ones((BATCH, 3), bool))
+
+
 def test_each_column_has_exactly_one_one():
   _, mixing = mixit_loss(_random((BATCH, 8, TIME), 14), _random((BATCH, 4, TIME), 15))
   mixing = np.asarray(mixing)

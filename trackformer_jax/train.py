@@ -43,8 +43,8 @@ from trackformer_jax.resources import peak_rss_bytes
 
 STEM_NAMES = ("vocals", "bass", "drums", "other")
 SPARSITY_KINDS = ("rms_ratio", "entropy")
-# The stem SI-SNR given to an estimate worse than this, e.g. a stem that MixIT's best
-# assignment left without any output (see eval_step).
+# The stem SI-SNR given to an estimate worse than this: a silent stem (which the assignment
+# may leave without any output), or an output that holds almost nothing of its stem.
 STEM_SI_SNR_FLOOR_DB = -30.0
 
 
@@ -443,7 +443,8 @@ def eval_step(
     ``mixit_loss`` [B]; ``mom_si_snri_db`` [B] (the two mixtures rebuilt from the outputs on the
     mixture of mixtures by the best MixIT assignment); ``mask_overlap`` [B]
     (``diversity_loss`` of the masks) and ``effective_masks`` [B]; with stems, each single
-    mixture is separated and its 4 stems rebuilt by the best assignment (MixIT with K = 4):
+    mixture is separated and its 4 stems rebuilt by the best assignment (MixIT with K = 4)
+    that gives every sounding stem at least one output:
     ``stem_si_snri_db`` [B, 2, 4] (the estimate's SI-SNR floored at ``STEM_SI_SNR_FLOOR_DB``,
     minus the unprocessed mixture's), ``usdr_db`` [B, 2, 4], ``stem_active`` [B, 2, 4] (1 where
     the stem is louder than ``silence_threshold_db`` dBFS; silent stems have no SI-SNR).
@@ -475,9 +476,14 @@ def eval_step(
     singles = mixtures.reshape(b * k, c, t)
     stems = batch["stems"].reshape(b * k, *batch["stems"].shape[2:])  # [2B, 4, C, T]
     single_estimates, _ = model.apply(variables, singles, deterministic=True)
-    _, stem_mixing = mixit.mixit_loss(single_estimates, stems, config.snr_max_db)
-    stem_estimates = _flatten_audio(_apply_mixing(stem_mixing, single_estimates))
     stem_reference = _flatten_audio(stems)
+    rms_db = 10 * jnp.log10(jnp.mean(stem_reference**2, axis=-1) + 1e-20)
+    active = rms_db >= config.silence_threshold_db  # [2B, 4]
+    # Every sounding stem gets at least one output, as in the whole-song evaluation: left
+    # free, the search may leave a hard stem empty, which scores the floor and makes the
+    # untrained control look worse than it is.
+    _, stem_mixing = mixit.mixit_loss(single_estimates, stems, config.snr_max_db, required=active)
+    stem_estimates = _flatten_audio(_apply_mixing(stem_mixing, single_estimates))
     single_flat = jnp.broadcast_to(_flatten_audio(singles)[:, None], stem_reference.shape)
     # An output-less (all-zero) stem estimate has no meaningful SI-SNR (it comes out near
     # 10·log10(eps), -80 dB, and would swamp every average): it scores the floor instead.
@@ -486,12 +492,10 @@ def eval_step(
     )
     stem_si_snri = stem_si_snr - metrics_lib.si_snr(single_flat, stem_reference)
     usdr = metrics_lib.usdr(stem_estimates, stem_reference)
-    rms_db = 10 * jnp.log10(jnp.mean(stem_reference**2, axis=-1) + 1e-20)
-    active = (rms_db >= config.silence_threshold_db).astype(jnp.float32)
     shape = (b, k, stems.shape[1])
     out["stem_si_snri_db"] = stem_si_snri.reshape(shape)
     out["usdr_db"] = jnp.broadcast_to(usdr, stem_si_snri.shape).reshape(shape)
-    out["stem_active"] = active.reshape(shape)
+    out["stem_active"] = active.astype(jnp.float32).reshape(shape)
   return out
 
 

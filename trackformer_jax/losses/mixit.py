@@ -57,7 +57,10 @@ def _thresholded_neg_snr(residual_energy, mixture_energy, snr_max_db):
 
 
 def mixit_loss(
-  estimates: jax.Array, mixtures: jax.Array, snr_max_db: float = 30.0
+  estimates: jax.Array,
+  mixtures: jax.Array,
+  snr_max_db: float = 30.0,
+  required: jax.Array | None = None,
 ) -> tuple[jax.Array, jax.Array]:
   """MixIT: the best of all K^M ways to remix M estimates into the K mixtures.
 
@@ -82,6 +85,10 @@ def mixit_loss(
     estimates: ``[batch, M, time]`` or ``[batch, M, channels, time]``.
     mixtures: ``[batch, K, time]`` or ``[batch, K, channels, time]``.
     snr_max_db: the SNR above which an estimate stops being rewarded.
+    required: optional ``[batch, K]`` booleans: mixtures that must receive at least one
+      estimate. Scoring stems (K = 4) uses it so that a model cannot leave a hard stem
+      empty (evaluate.assign_outputs applies the same rule to whole songs); an example with
+      more required mixtures than estimates is searched unconstrained.
 
   Returns:
     ``(loss [batch], mixing [batch, K, M])``; ``mixing`` is the chosen 0/1 matrix (each
@@ -96,8 +103,15 @@ def mixit_loss(
   mixtures = mixtures.astype(dtype).reshape(batch, num_mixtures, -1)
 
   mixture_energy = jnp.sum(mixtures**2, axis=-1)  # [batch, K]
+  if required is None:
+    required = jnp.zeros((batch, num_mixtures), bool)
+  required = jnp.asarray(required, bool)
+  if required.shape != (batch, num_mixtures):
+    raise ValueError(f"required must be [batch, K] = {(batch, num_mixtures)}, got {required.shape}")
+  feasible = jnp.sum(required, axis=-1, keepdims=True) <= num_estimates
+  required = required & feasible
   mixing = jax.lax.stop_gradient(
-    _best_assignment(estimates, mixtures, mixture_energy, num_mixtures, snr_max_db)
+    _best_assignment(estimates, mixtures, mixture_energy, required, num_mixtures, snr_max_db)
   )
 
   remixed = jnp.einsum("bkm,bmt->bkt", mixing.astype(dtype), estimates, precision=_HIGHEST)
@@ -105,7 +119,7 @@ def mixit_loss(
   return _thresholded_neg_snr(residual_energy, mixture_energy, snr_max_db), mixing
 
 
-def _best_assignment(estimates, mixtures, mixture_energy, num_mixtures, snr_max_db):
+def _best_assignment(estimates, mixtures, mixture_energy, required, num_mixtures, snr_max_db):
   """The argmin assignment ``[batch, K, M]``, searched from inner products only.
 
   Meet in the middle: an assignment is a pair (a of the first h = M//2 estimates, b of the
@@ -129,9 +143,11 @@ def _best_assignment(estimates, mixtures, mixture_energy, num_mixtures, snr_max_
   second = jnp.pad(second, ((0, 0), (0, 0), (h, 0))).astype(gram.dtype)
   halves = jnp.concatenate([first, second], axis=0)
   num_first = first.shape[0]
+  # Which mixtures each half-assignment gives at least one estimate: [P1, K], [P2, K].
+  first_fills, second_fills = jnp.any(first > 0, axis=-1), jnp.any(second > 0, axis=-1)
 
   def search(stats):
-    gram, cross, energy = stats  # [M, M], [K, M], [K] for one example
+    gram, cross, energy, needed = stats  # [M, M], [K, M], [K], [K] for one example
     # Both halves in ONE dot with G. Written as two dots sharing G, jax 0.10.2's CPU
     # compiler returned the first example's u and v for every example of a vmapped batch
     # of 4 or more (K = 4, M = 8): test_batched_search_equals_per_example guards this.
@@ -140,11 +156,13 @@ def _best_assignment(estimates, mixtures, mixture_energy, num_mixtures, snr_max_
     coupling = jnp.einsum("pkn,qkn->pqk", projected[:num_first], second, precision=_HIGHEST)
     residual_energy = energy + own[:num_first, None, :] + own[None, num_first:, :] + 2.0 * coupling
     loss = _thresholded_neg_snr(jnp.maximum(residual_energy, 0.0), energy, snr_max_db)
+    filled = first_fills[:, None, :] | second_fills[None, :, :]  # [P1, P2, K]
+    loss = jnp.where(jnp.any(needed & ~filled, axis=-1), jnp.inf, loss)
     return jnp.argmin(loss.reshape(-1))  # index p1 * P2 + p2
 
   num_pairs = num_first * second.shape[0]
   chunk = max(1, _SEARCH_CHUNK_FLOATS // (num_pairs * num_mixtures))
-  best = jax.lax.map(search, (gram, cross, mixture_energy), batch_size=chunk)
+  best = jax.lax.map(search, (gram, cross, mixture_energy, required), batch_size=chunk)
   best_first, best_second = jnp.divmod(best, second.shape[0])
   return first[best_first] + second[best_second]
 
