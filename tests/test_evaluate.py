@@ -96,6 +96,11 @@ def test_gain_keys():
   assert evaluate.gain_key("mask_overlap") == "mask_overlap_gain"
 
 
+def test_standard_error_skips_missing_values():
+  assert evaluate.standard_error([1.0, 3.0, np.nan]) == pytest.approx(1.0)  # sd sqrt(2), n 2
+  assert np.isnan(evaluate.standard_error([2.0, np.nan]))
+
+
 def equal_split_model(sample_rate_hz=8000, channels=1):
   """Every output is mix / 8: any assignment scores exactly the input (SI-SNRi 0 dB)."""
 
@@ -172,6 +177,12 @@ def test_cli_compares_workdirs_against_control_and_writes_reports(
   assert aggregate["stem_si_snri_gain_db"] == pytest.approx(
     aggregate["stem_si_snri_db"] - aggregate["control_stem_si_snri_db"]
   )
+  # The gain's standard error is that of the paired per-track differences.
+  differences = [t["stem_si_snri_db_vocals"] - t["control_stem_si_snri_db_vocals"]
+                 for t in result["tracks"]]  # fmt: skip
+  assert aggregate["stem_si_snri_gain_db_vocals_stderr"] == pytest.approx(
+    np.std(differences, ddof=1) / np.sqrt(len(differences))
+  )
   # Band splitting separates the high vocals and the broadband drums of these stems.
   assert aggregate["stem_si_snri_db_vocals"] > 5 and aggregate["stem_si_snri_db_drums"] > 5
   assert "pesq_vocals" in track_keys(result)
@@ -184,6 +195,7 @@ def test_cli_compares_workdirs_against_control_and_writes_reports(
   )
   table = out.with_suffix(".md").read_text()
   assert "| metric | a | b |" in table and "stem_si_snri_gain_db" in table
+  assert "| stem_si_snri_gain_db_vocals | " in table and " ± " in table
   assert out.with_suffix(".png").read_bytes()[:4] == b"\x89PNG"
   assert "stem_si_snri_db" in capsys.readouterr().out
 

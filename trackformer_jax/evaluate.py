@@ -31,7 +31,9 @@ rather than giving the 0 dB a naive formula gives an all-zero signal.
 
 The best-assignment search flatters any model, so with ``--control`` (on by default) the same
 config at random initialisation is scored too, and each metric's gain over it reported:
-``control_<metric>`` and ``<metric>_gain_db`` (``<metric>_gain`` for unitless ones).
+``control_<metric>`` and ``<metric>_gain_db`` (``<metric>_gain`` for unitless ones). The stem
+gains come with ``<gain>_stderr``, the standard error of their per-track differences (shown
+as ``gain ± error`` in the table): on a handful of songs it is a dB or more.
 
 Output: JSON, one object ``{"workdir", ..., "aggregate": {...}, "tracks": [{...}]}`` per
 workdir (the object itself for one ``--workdir``, a list of them for several), a Markdown
@@ -437,6 +439,11 @@ def evaluate_workdir(
       if key in control_summary and key != "num_tracks":
         summary[f"control_{key}"] = control_summary[key]
         summary[gain_key(key)] = value - control_summary[key]
+    # How far the stem gains can be trusted: the standard error of the per-track (paired)
+    # differences. A handful of songs gives an error of a dB or more.
+    for key in [k for k in summary if k.startswith("stem_si_snri_db")]:
+      differences = [r.get(key, math.nan) - r.get(f"control_{key}", math.nan) for r in records]
+      summary[gain_key(key) + "_stderr"] = standard_error(differences)
   return {
     "workdir": str(workdir),
     "checkpoint": str(checkpoint),
@@ -461,6 +468,7 @@ _TABLE_METRICS = (
   "stem_si_snri_gain_db",
   "stem_si_snr_db",
   *(f"stem_si_snri_db_{s}" for s in STEM_NAMES),
+  *(f"stem_si_snri_gain_db_{s}" for s in STEM_NAMES),
   "best_output_si_snri_db",
   "usdr_db",
   "museval_sdr_db",
@@ -483,7 +491,11 @@ def markdown_table(results: list[dict[str, Any]]) -> str:
     cells = []
     for r in results:
       value = r["aggregate"].get(metric)
-      cells.append("" if value is None or not np.isfinite(value) else f"{value:.2f}")
+      cell = "" if value is None or not np.isfinite(value) else f"{value:.2f}"
+      error = r["aggregate"].get(f"{metric}_stderr")
+      if cell and error is not None and np.isfinite(error):
+        cell += f" ± {error:.2f}"  # standard error over tracks
+      cells.append(cell)
     lines.append(f"| {metric} | " + " | ".join(cells) + " |")
   lines.append(
     "| tracks | " + " | ".join(str(r["aggregate"]["num_tracks"]) for r in results) + " |"
@@ -626,6 +638,13 @@ def _nanmean(values) -> float:
   values = np.asarray(values, np.float64)
   finite = values[~np.isnan(values)]
   return float(finite.mean()) if finite.size else math.nan
+
+
+def standard_error(values) -> float:
+  """Standard error of the mean of the finite ``values`` (NaN for fewer than two)."""
+  values = np.asarray(values, np.float64)
+  finite = values[np.isfinite(values)]
+  return float(finite.std(ddof=1) / math.sqrt(finite.size)) if finite.size > 1 else math.nan
 
 
 def _nanmedian(values) -> float:
