@@ -11,11 +11,16 @@ WORKDIR=runs/quick
 echo "== 1/6 setup (.venv, FluidSynth, SoundFont)"
 bash launch/setup.sh
 
-echo "== 2/6 the bundled corpus (data/chorales; rendered once, a few minutes)"
+echo "== 2/6 the bundled corpus (data/chorales) and held-out songs (data/heldout); rendered once"
 read -r tracks seconds < <(.venv/bin/python -c \
   'from trackformer_jax.data import render; print(render.QUICKSTART_TRACKS, render.QUICKSTART_SECONDS)')
 .venv/bin/python -m trackformer_jax.data.render --out data/chorales --tracks "$tracks" \
   --seconds "$seconds"
+# The test-split songs among the first 120 scores (about two dozen; training reads only the
+# train split), rendered with another SoundFont and another seed (instruments, tempi, keys):
+# music the model has not heard, played differently from everything it trained on.
+.venv/bin/python -m trackformer_jax.data.render --out data/heldout --tracks 120 --seconds 20 \
+  --only-split test --soundfont /usr/share/sounds/sf2/TimGM6mb.sf2 --seed 1
 
 echo "== 3/6 training configs/quick.py into $WORKDIR (about 15 minutes on 2 CPU cores)"
 .venv/bin/python -m trackformer_jax.main --config=configs/quick.py --workdir="$WORKDIR" "$@"
@@ -45,9 +50,12 @@ if len(evals) > 1:
 PY
 
 echo
-echo "== 4/6 evaluating $WORKDIR on the corpus's test split (whole songs, against its untrained control)"
+echo "== 4/6 evaluating $WORKDIR on whole songs against its untrained control:"
+echo "   the corpus's test split, then the held-out songs rendered with another SoundFont"
 .venv/bin/python -m trackformer_jax.evaluate --workdir "$WORKDIR" --data chorales:data/chorales \
-  --split test --out "$WORKDIR/eval/results.json"
+  --split test --out "$WORKDIR/eval/results.json" --no-progress
+.venv/bin/python -m trackformer_jax.evaluate --workdir "$WORKDIR" --data chorales:data/heldout \
+  --split test --out "$WORKDIR/eval/heldout.json" --no-progress
 
 echo "== 5/6 exporting $WORKDIR to exported/quick"
 .venv/bin/python -m trackformer_jax.export --workdir "$WORKDIR" --out exported/quick --overwrite
@@ -61,11 +69,13 @@ cat <<EOF
 
 == done in $((elapsed / 60)) min $((elapsed % 60)) s. Where everything went:
   data/chorales/               the bundled corpus (MUSDB18-HQ layout: train/, test/)
+  data/heldout/test/           held-out songs, another SoundFont (evaluation only)
   $WORKDIR/checkpoints/        orbax checkpoints (the last few and the best)
   $WORKDIR/config.json         the exact config of this run
   $WORKDIR/metrics.jsonl       every logged number, one JSON object per line
   $WORKDIR/tensorboard/        view with: .venv/bin/tensorboard --logdir $WORKDIR/tensorboard
-  $WORKDIR/eval/               results.json, a Markdown table and a PNG of per-stem scores
+  $WORKDIR/eval/               results.json (test split), heldout.json (held-out songs),
+                               each with a Markdown table and a PNG of per-stem scores
   exported/quick/              the exported model (params, config, metadata)
   separated/quick/             the separated test song: one WAV per output, and a PNG
 EOF

@@ -66,6 +66,23 @@ def test_deterministic_per_seed_and_resumable(tiny_chorales, tmp_path):
   assert os.path.exists(os.path.join(again[0], "meta.json"))
 
 
+@pytest.mark.slow
+def test_only_split_renders_held_out_songs_alone(tmp_path):
+  scores = render.score_paths()[:3]
+  splits = [render.split_of_song(render.score_name(p)) for p in scores]
+  assert "test" in splits and "train" in splits  # the first scores cover both splits
+  folders = render.render_corpus(
+    tmp_path, tracks=3, seconds=1.0, seed=3, progress=False, only_split="test"
+  )
+  expected = [f"{i:04d}-{render.score_name(p)}" for i, p in enumerate(scores)
+              if splits[i] == "test"]  # fmt: skip
+  assert [os.path.basename(f) for f in folders] == expected
+  assert not (tmp_path / "train").exists()
+  assert [p.name for p in _tracks(tmp_path)] == expected
+  with pytest.raises(ValueError, match="only_split"):
+    render.render_corpus(tmp_path, tracks=1, only_split="validation", progress=False)
+
+
 @pytest.mark.parametrize("beats_per_bar", [2, 3, 4])
 def test_drum_part_follows_meter_and_tempo(beats_per_bar):
   rng = np.random.default_rng(0)

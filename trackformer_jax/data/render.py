@@ -27,6 +27,9 @@ temporary name and renamed.
 Command line::
 
   python -m trackformer_jax.data.render --out data/chorales --tracks 24 --seconds 30 -j 2
+  # held-out songs only (the test split of the first 120 scores), another SoundFont and seed:
+  python -m trackformer_jax.data.render --out data/heldout --tracks 120 --only-split test \
+      --soundfont /usr/share/sounds/sf2/TimGM6mb.sf2 --seed 1
 """
 
 from __future__ import annotations
@@ -255,14 +258,26 @@ def _finished(out: Path, index: int) -> str | None:
 
 
 def render_track(
-  index: int, out_dir: str, seconds: float, seed: int, soundfont: str, scores: list[str]
-) -> str:
-  """Renders track ``index`` (skipped if already finished); returns its folder."""
+  index: int,
+  out_dir: str,
+  seconds: float,
+  seed: int,
+  soundfont: str,
+  scores: list[str],
+  only_split: str | None = None,
+) -> str | None:
+  """Renders track ``index`` (skipped if already finished); returns its folder.
+
+  With ``only_split`` ("train" or "test"), a track whose song falls in the other split is
+  not rendered and None is returned.
+  """
   import pretty_midi
 
   done = _finished(Path(out_dir), index)
   if done:
     return done
+  if only_split and split_of_song(score_name(scores[index % len(scores)])) != only_split:
+    return None  # decided before parsing: most tracks of a held-out set are skipped
   out = Path(out_dir)
   rng = np.random.default_rng((seed, index))
   # Track i uses score i (then again with new draws once the list is used up); a score
@@ -278,6 +293,8 @@ def render_track(
   voices, beats_per_bar, beat_quarters, length_quarters = loaded
   song = score_name(path)
   split = split_of_song(song)
+  if only_split and split != only_split:
+    return None  # the track's own score was unusable and the next one is of the other split
   track_dir = out / split / f"{index:04d}-{song}"
 
   frames = int(round(seconds * SAMPLE_RATE_HZ))
@@ -392,11 +409,18 @@ def render_corpus(
   jobs: int = 1,
   soundfont: str = DEFAULT_SOUNDFONT,
   progress: bool = True,
+  only_split: str | None = None,
 ) -> list[str]:
   """Renders tracks ``0 .. tracks-1`` into ``out_dir`` (finished ones are skipped).
 
-  Returns the track folders in index order.
+  ``only_split`` ("train" or "test") renders just the tracks whose song falls in that split:
+  ``only_split="test"`` with another ``soundfont`` and ``seed`` makes a held-out set of songs
+  that training on a corpus of the same scores never heard, rendered differently.
+
+  Returns the rendered track folders in index order.
   """
+  if only_split not in (None, "train", "test"):
+    raise ValueError(f"only_split must be 'train' or 'test', got {only_split!r}")
   if shutil.which("fluidsynth") is None:
     raise RuntimeError("the `fluidsynth` program is not installed (Debian package fluidsynth)")
   if not os.path.isfile(soundfont):
@@ -414,6 +438,7 @@ def render_corpus(
     seed=int(seed),
     soundfont=str(soundfont),
     scores=scores,
+    only_split=only_split,
   )
   bar = tqdm(total=tracks, desc=f"rendering {out_dir}", unit="track", disable=not progress)
   folders = {}
@@ -429,7 +454,7 @@ def render_corpus(
         folders[index] = folder
         bar.update()
   bar.close()
-  return [folders[i] for i in range(tracks)]
+  return [folders[i] for i in range(tracks) if folders[i] is not None]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -453,10 +478,21 @@ def main(argv: list[str] | None = None) -> int:
   parser.add_argument("--soundfont", default=DEFAULT_SOUNDFONT, help="a General MIDI .sf2")
   parser.add_argument("--seed", type=int, default=0)
   parser.add_argument("-j", "--jobs", type=int, default=os.cpu_count() or 1)
+  parser.add_argument(
+    "--only-split",
+    choices=("train", "test"),
+    help="render only the tracks whose song falls in this split (e.g. a held-out test set)",
+  )
   args = parser.parse_args(argv)
   try:
     folders = render_corpus(
-      args.out, args.tracks, args.seconds, args.seed, args.jobs, args.soundfont
+      args.out,
+      args.tracks,
+      args.seconds,
+      args.seed,
+      args.jobs,
+      args.soundfont,
+      only_split=args.only_split,
     )
   except (RuntimeError, FileNotFoundError, ValueError) as e:
     print(f"error: {e}", file=sys.stderr)
