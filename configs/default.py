@@ -58,10 +58,8 @@ def get_config() -> ml_collections.ConfigDict:
   config.segment_seconds = 3.0
   config.silence_threshold_db = -50.0  # crops quieter than this (RMS, dBFS) are redrawn
   config.strict_data = False  # True: a bad track is an error before training starts
-  # eq_db: a random smooth EQ of up to +-eq_db dB per mixture (0: off), for timbres that
-  # differ from the training data's.
   config.augment = ml_collections.ConfigDict(
-    dict(gain_db=(-6.0, 3.0), channel_swap=True, polarity=True, remix_stems=False, eq_db=0.0)
+    dict(gain_db=(-6.0, 3.0), channel_swap=True, polarity=True, remix_stems=False)
   )
 
   # Loss.

@@ -183,29 +183,6 @@ def test_augmentations_keep_sums_and_change_signal(tiny_config, tiny_musdb):
   assert not np.allclose(augmented[0]["mixtures"], plain["mixtures"])
 
 
-def test_random_eq_is_smooth_bounded_and_keeps_the_sum():
-  rng = np.random.default_rng(0)
-  stems = rng.standard_normal((4, 2, 4096)).astype(np.float32)
-  out = input_pipeline.random_eq(stems, 6.0, np.random.default_rng(1))
-  assert out.shape == stems.shape and out.dtype == np.float32
-  np.testing.assert_allclose(out.sum(0), input_pipeline.random_eq(stems.sum(0)[None], 6.0,
-                             np.random.default_rng(1))[0], atol=1e-4)  # fmt: skip
-  ratio_db = 20 * np.log10(np.abs(np.fft.rfft(out, axis=-1)) / np.abs(np.fft.rfft(stems, axis=-1)))
-  assert np.abs(ratio_db).max() <= 6.0 + 1e-3  # the curve's bound holds in every bin
-  assert np.abs(ratio_db).max() > 1.0  # and it does change the signal
-  # One curve for every stem and channel; neighbouring bins differ by little (smooth).
-  np.testing.assert_allclose(ratio_db, np.broadcast_to(ratio_db[0, 0], ratio_db.shape), atol=1e-3)
-  assert np.abs(np.diff(ratio_db[0, 0, 256:])).max() < 0.05  # linear in log frequency
-  assert np.array_equal(out, input_pipeline.random_eq(stems, 6.0, np.random.default_rng(1)))
-
-
-def test_eq_augment_reaches_the_examples():
-  tracks = [FakeTrack(0), FakeTrack(1)]
-  plain = _maker(tracks, channels=1)(0)["mixtures"]
-  eq = _maker(tracks, channels=1, augment=input_pipeline.Augment(eq_db=6.0))(0)["mixtures"]
-  assert eq.shape == plain.shape and not np.allclose(eq, plain)
-
-
 def test_gain_polarity_swap_are_applied():
   maker = _maker(
     [FakeTrack(0), FakeTrack(1)],

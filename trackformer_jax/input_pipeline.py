@@ -66,7 +66,6 @@ class Augment:
   channel_swap: bool = False
   polarity: bool = False
   remix_stems: bool = False
-  eq_db: float = 0.0  # random smooth EQ, up to +-eq_db dB (0: off)
 
   @classmethod
   def from_config(cls, augment) -> Augment:
@@ -78,29 +77,7 @@ class Augment:
       channel_swap=bool(augment.get("channel_swap", False)),
       polarity=bool(augment.get("polarity", False)),
       remix_stems=bool(augment.get("remix_stems", False)),
-      eq_db=float(augment.get("eq_db", 0.0)),
     )
-
-
-# Random EQ: gains drawn at these points of the band (fractions of Nyquist, log-spaced) and
-# interpolated linearly in log frequency between them: a smooth curve, as a different
-# instrument sample set, microphone or room would colour a whole recording.
-_EQ_POINTS = np.geomspace(1 / 256, 1.0, 6)
-
-
-def random_eq(stems: np.ndarray, max_db: float, rng: np.random.Generator) -> np.ndarray:
-  """``stems [K, C, T]`` through one random smooth EQ of at most ``max_db`` dB.
-
-  The same filter for every stem and channel, so the stems still sum to the filtered
-  mixture. Applied in the frequency domain: the curve is smooth, so its impulse response is
-  short and the circular wrap at the crop's edges negligible.
-  """
-  length = stems.shape[-1]
-  gains_db = rng.uniform(-max_db, max_db, len(_EQ_POINTS))
-  frequencies = np.linspace(0.0, 1.0, length // 2 + 1)
-  curve_db = np.interp(np.log(np.maximum(frequencies, _EQ_POINTS[0])), np.log(_EQ_POINTS), gains_db)
-  spectrum = np.fft.rfft(stems, axis=-1) * (10.0 ** (curve_db / 20.0))
-  return np.fft.irfft(spectrum, n=length, axis=-1).astype(np.float32)
 
 
 def rms_db(x: np.ndarray) -> float:
@@ -172,10 +149,8 @@ class ExampleMaker:
     return int(rng.choice(fresh or candidates or range(len(self.tracks))))
 
   def _augment(self, stems: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """EQ, gain, channel swap, polarity on ``[K, C, T]``: the same for every stem of a mixture."""
+    """Gain, channel swap, polarity on ``[K, C, T]``: the same for every stem of a mixture."""
     a = self.augment
-    if a.eq_db > 0:
-      stems = random_eq(stems, a.eq_db, rng)
     factor = 1.0
     if a.gain_db is not None:
       factor = 10 ** (rng.uniform(*a.gain_db) / 20)
