@@ -1,8 +1,9 @@
-"""What this process has used of the machine: its peak resident memory.
+"""What this process has used of the machine: its peak resident and device memory.
 
-One reader for training's ``train/peak_memory_gib`` (on the CPU) and the separate
-benchmark's per-song figure. Kept free of heavy imports so that a benchmark child measuring
-its own peak does not pay for them.
+One reader each for training's ``train/peak_memory_gib`` and the benchmarks (the separate
+suite's per-song RSS, the speed suite's device peak). Kept free of heavy imports (jax is
+imported only when the device is asked about) so that a benchmark child measuring its own
+RSS does not pay for them.
 """
 
 import pathlib
@@ -26,3 +27,12 @@ def peak_rss_bytes() -> int:
     pass
   scale = 1 if sys.platform == "darwin" else 1024  # bytes on macOS, KiB on Linux
   return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale)
+
+
+def device_peak_bytes() -> int | None:
+  """The first local device's peak allocation so far, where the runtime tracks it (GPU, TPU;
+  None on the CPU)."""
+  import jax
+
+  stats = jax.local_devices()[0].memory_stats() or {}
+  return int(stats["peak_bytes_in_use"]) if "peak_bytes_in_use" in stats else None

@@ -38,8 +38,7 @@ from clu import metric_writers
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from trackformer_jax import checkpoints
-from trackformer_jax.resources import peak_rss_bytes
+from trackformer_jax import checkpoints, resources
 
 STEM_NAMES = ("vocals", "bass", "drums", "other")
 SPARSITY_KINDS = ("rms_ratio", "entropy")
@@ -658,10 +657,8 @@ def create_writer(workdir: pathlib.Path, resume_step: int | None) -> metric_writ
 
 def peak_memory_bytes() -> int:
   """Peak memory of the first local device (GPU/TPU), else the process's peak RSS (CPU)."""
-  stats = jax.local_devices()[0].memory_stats() or {}
-  if "peak_bytes_in_use" in stats:
-    return int(stats["peak_bytes_in_use"])
-  return peak_rss_bytes()
+  device_peak = resources.device_peak_bytes()
+  return resources.peak_rss_bytes() if device_peak is None else device_peak
 
 
 def _format_duration(seconds: float) -> str:

@@ -15,7 +15,7 @@ import jax
 import ml_collections
 import numpy as np
 
-from trackformer_jax import train
+from trackformer_jax import resources, train
 from trackformer_jax.bench.experiments import reduced_config, sized_config, smoke_config
 from trackformer_jax.bench.measure import compiled_train_step, seconds_per_call
 from trackformer_jax.bench.options import GIB, BenchOptions
@@ -32,12 +32,6 @@ def random_batch(config: ml_collections.ConfigDict, seed: int = 0) -> dict[str, 
   shape = (config.batch_size, 2, config.channels, train.segment_samples(config))
   mixtures = (0.1 * rng.standard_normal(shape)).astype(np.float32)
   return {"mom": mixtures.sum(axis=1), "mixtures": mixtures}
-
-
-def device_peak_bytes() -> int | None:
-  """The first device's peak allocation so far, where the runtime tracks it (not the CPU)."""
-  stats = jax.local_devices()[0].memory_stats() or {}
-  return int(stats["peak_bytes_in_use"]) if "peak_bytes_in_use" in stats else None
 
 
 def time_train_step(
@@ -85,7 +79,7 @@ def time_train_step(
     steps_timed=timing["repeats"],
     examples_per_second=config.batch_size / timing["median_seconds"],
     # A running peak: it covers every step this process ran so far, this one's included.
-    device_peak_bytes=device_peak_bytes(),
+    device_peak_bytes=resources.device_peak_bytes(),
   )
   if compiled.flops:
     achieved = compiled.flops / timing["median_seconds"] / 1e12
