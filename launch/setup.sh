@@ -7,9 +7,11 @@ cd "$(dirname "$0")/.."
 
 need_apt=()
 command -v fluidsynth >/dev/null 2>&1 || need_apt+=(fluidsynth)
+# General MIDI SoundFonts: FluidR3 renders the bundled corpus; sf_GMbank is a second one for
+# multi-SoundFont corpora (render --soundfont A --soundfont B); the quickstart's held-out
+# songs are rendered with TimGM6mb, so its evaluation hears instruments training never heard.
 [ -f /usr/share/sounds/sf2/FluidR3_GM.sf2 ] || need_apt+=(fluid-soundfont-gm)
-# A second General MIDI SoundFont: the quickstart's held-out songs are rendered with it, so
-# its evaluation hears instruments that training never heard.
+[ -f /usr/share/sounds/sf2/sf_GMbank.sf2 ] || need_apt+=(csound-soundfont)
 [ -f /usr/share/sounds/sf2/TimGM6mb.sf2 ] || need_apt+=(timgm6mb-soundfont)
 python3 -c 'import ctypes.util, sys; sys.exit(0 if ctypes.util.find_library("sndfile") else 1)' \
   || need_apt+=(libsndfile1)

@@ -1,6 +1,8 @@
 """data/render.py: layout, exact stem sums, no clipping, determinism, resume, the drum part."""
 
+import json
 import os
+from pathlib import Path
 
 import numpy as np
 import pretty_midi
@@ -81,6 +83,26 @@ def test_only_split_renders_held_out_songs_alone(tmp_path):
   assert [p.name for p in _tracks(tmp_path)] == expected
   with pytest.raises(ValueError, match="only_split"):
     render.render_corpus(tmp_path, tracks=1, only_split="validation", progress=False)
+
+
+@pytest.mark.slow
+def test_several_soundfonts_are_drawn_per_stem(tmp_path):
+  fonts = [render.DEFAULT_SOUNDFONTS[0], render.SECOND_SOUNDFONT]
+  folders = render.render_corpus(tmp_path, tracks=3, seconds=1.0, soundfont=fonts, progress=False)
+  drawn = [json.loads((Path(f) / "meta.json").read_text())["soundfonts"] for f in folders]
+  assert all(set(d) == set(render.STEM_NAMES) for d in drawn)
+  used = {font for d in drawn for font in d.values()}
+  assert used == {os.path.basename(f) for f in fonts}  # 12 draws from 2 fonts: both appear
+  # One font: every stem uses it, and the draws of everything else are unchanged.
+  one = render.render_corpus(
+    tmp_path / "one", tracks=1, seconds=1.0, soundfont=fonts[0], progress=False
+  )
+  meta = json.loads((Path(one[0]) / "meta.json").read_text())
+  assert set(meta["soundfonts"].values()) == {os.path.basename(fonts[0])}
+  first = json.loads((Path(folders[0]) / "meta.json").read_text())
+  assert {k: first[k] for k in ("programs", "gains_db", "quarter_bpm")} == {
+    k: meta[k] for k in ("programs", "gains_db", "quarter_bpm")
+  }
 
 
 @pytest.mark.parametrize("beats_per_bar", [2, 3, 4])

@@ -30,6 +30,9 @@ Command line::
   # held-out songs only (the test split of the first 120 scores), another SoundFont and seed:
   python -m trackformer_jax.data.render --out data/heldout --tracks 120 --only-split test \
       --soundfont /usr/share/sounds/sf2/TimGM6mb.sf2 --seed 1
+  # each stem drawn from two SoundFonts: every instrument in two renderings
+  python -m trackformer_jax.data.render --out data/chorales2 --tracks 128 \
+      --soundfont /usr/share/sounds/sf2/FluidR3_GM.sf2 --soundfont /usr/share/sounds/sf2/sf_GMbank.sf2
 """
 
 from __future__ import annotations
@@ -52,7 +55,18 @@ from trackformer_jax import audio
 
 SAMPLE_RATE_HZ = 44100
 STEM_NAMES = ("vocals", "bass", "drums", "other")
-DEFAULT_SOUNDFONT = "/usr/share/sounds/sf2/FluidR3_GM.sf2"
+# The corpus's SoundFont. `--soundfont` repeated (or a list) draws one per stem from several,
+# e.g. FluidR3_GM.sf2 and sf_GMbank.sf2: every instrument then has several renderings.
+# Held-out sets use TimGM6mb, which no corpus default uses.
+DEFAULT_SOUNDFONTS = ("/usr/share/sounds/sf2/FluidR3_GM.sf2",)
+# A second General MIDI SoundFont for multi-SoundFont corpora.
+SECOND_SOUNDFONT = "/usr/share/sounds/sf2/sf_GMbank.sf2"
+# The Debian package that installs each SoundFont this project names (launch/setup.sh).
+SOUNDFONT_PACKAGES = {
+  "FluidR3_GM.sf2": "fluid-soundfont-gm",
+  "sf_GMbank.sf2": "csound-soundfont",
+  "TimGM6mb.sf2": "timgm6mb-soundfont",
+}
 # Quickstart size: the corpus `chorales` builds on first use (about 3 minutes on 2 cores).
 QUICKSTART_TRACKS = 24
 QUICKSTART_SECONDS = 30.0
@@ -262,13 +276,14 @@ def render_track(
   out_dir: str,
   seconds: float,
   seed: int,
-  soundfont: str,
+  soundfonts: tuple[str, ...],
   scores: list[str],
   only_split: str | None = None,
 ) -> str | None:
   """Renders track ``index`` (skipped if already finished); returns its folder.
 
-  With ``only_split`` ("train" or "test"), a track whose song falls in the other split is
+  Each stem is synthesised with one of ``soundfonts``, drawn per stem when there are
+  several, so one corpus holds many renderings of every instrument. With ``only_split`` ("train" or "test"), a track whose song falls in the other split is
   not rendered and None is returned.
   """
   import pretty_midi
@@ -357,11 +372,17 @@ def render_track(
     for name in STEM_NAMES
   }
   peak_target = float(rng.uniform(0.5, 0.9))
+  # Drawn last and only when there is a choice: a one-SoundFont corpus stays the same
+  # function of (seed, index) it always was.
+  if len(soundfonts) == 1:
+    stem_fonts = {name: soundfonts[0] for name in STEM_NAMES}
+  else:
+    stem_fonts = {name: soundfonts[int(rng.integers(len(soundfonts)))] for name in STEM_NAMES}
 
   with tempfile.TemporaryDirectory(prefix=f"render-{index:04d}-") as workdir:
     stems = np.stack(
       [
-        _synthesise(pretty_midi, parts[name], soundfont, workdir, name, frames)
+        _synthesise(pretty_midi, parts[name], stem_fonts[name], workdir, name, frames)
         * 10 ** (gains_db[name] / 20)
         for name in STEM_NAMES
       ]
@@ -393,7 +414,7 @@ def render_track(
     programs=programs,
     gains_db=gains_db,
     peak=peak_target,
-    soundfont=os.path.basename(soundfont),
+    soundfonts={name: os.path.basename(font) for name, font in stem_fonts.items()},
   )
   tmp = track_dir / ".meta.json.tmp"
   tmp.write_text(json.dumps(meta, indent=1))
@@ -407,7 +428,7 @@ def render_corpus(
   seconds: float = DEFAULT_SECONDS,
   seed: int = 0,
   jobs: int = 1,
-  soundfont: str = DEFAULT_SOUNDFONT,
+  soundfont: str | os.PathLike | list[str | os.PathLike] | tuple = DEFAULT_SOUNDFONTS,
   progress: bool = True,
   only_split: str | None = None,
 ) -> list[str]:
@@ -417,14 +438,25 @@ def render_corpus(
   ``only_split="test"`` with another ``soundfont`` and ``seed`` makes a held-out set of songs
   that training on a corpus of the same scores never heard, rendered differently.
 
+  ``soundfont`` is one General MIDI SoundFont (.sf2 / .sf3) or a list of them; with a list,
+  each stem of each track is synthesised with one drawn from it.
+
   Returns the rendered track folders in index order.
   """
   if only_split not in (None, "train", "test"):
     raise ValueError(f"only_split must be 'train' or 'test', got {only_split!r}")
   if shutil.which("fluidsynth") is None:
     raise RuntimeError("the `fluidsynth` program is not installed (Debian package fluidsynth)")
-  if not os.path.isfile(soundfont):
-    raise FileNotFoundError(f"{soundfont}: SoundFont not found (Debian: fluid-soundfont-gm)")
+  soundfonts = (
+    tuple(str(f) for f in soundfont) if isinstance(soundfont, list | tuple) else (str(soundfont),)
+  )
+  if not soundfonts:
+    raise ValueError("need at least one SoundFont")
+  for font in soundfonts:
+    if not os.path.isfile(font):
+      package = SOUNDFONT_PACKAGES.get(os.path.basename(font))
+      hint = f" (Debian package {package})" if package else ""
+      raise FileNotFoundError(f"{font}: SoundFont not found{hint}")
   if tracks < 1 or seconds <= 0:
     raise ValueError(f"need tracks >= 1 and seconds > 0, got {tracks}, {seconds}")
   from tqdm import tqdm
@@ -436,7 +468,7 @@ def render_corpus(
     out_dir=str(out_dir),
     seconds=float(seconds),
     seed=int(seed),
-    soundfont=str(soundfont),
+    soundfonts=soundfonts,
     scores=scores,
     only_split=only_split,
   )
@@ -475,7 +507,12 @@ def main(argv: list[str] | None = None) -> int:
     default=DEFAULT_SECONDS,
     help=f"length of each track (default {DEFAULT_SECONDS})",
   )
-  parser.add_argument("--soundfont", default=DEFAULT_SOUNDFONT, help="a General MIDI .sf2")
+  parser.add_argument(
+    "--soundfont",
+    action="append",
+    help="a General MIDI .sf2 / .sf3; repeat it to draw one per stem from several "
+    f"(default: {', '.join(DEFAULT_SOUNDFONTS)})",
+  )
   parser.add_argument("--seed", type=int, default=0)
   parser.add_argument("-j", "--jobs", type=int, default=os.cpu_count() or 1)
   parser.add_argument(
@@ -491,7 +528,7 @@ def main(argv: list[str] | None = None) -> int:
       args.seconds,
       args.seed,
       args.jobs,
-      args.soundfont,
+      args.soundfont or DEFAULT_SOUNDFONTS,
       only_split=args.only_split,
     )
   except (RuntimeError, FileNotFoundError, ValueError) as e:
