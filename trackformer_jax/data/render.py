@@ -283,8 +283,9 @@ def render_track(
   """Renders track ``index`` (skipped if already finished); returns its folder.
 
   Each stem is synthesised with one of ``soundfonts``, drawn per stem when there are
-  several, so one corpus holds many renderings of every instrument. With ``only_split`` ("train" or "test"), a track whose song falls in the other split is
-  not rendered and None is returned.
+  several, so one corpus holds many renderings of every instrument. With ``only_split``
+  ("train" or "test"), a track whose song falls in the other split is not rendered and
+  None is returned.
   """
   import pretty_midi
 
