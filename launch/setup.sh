@@ -7,10 +7,12 @@ cd "$(dirname "$0")/.."
 
 need_apt=()
 command -v fluidsynth >/dev/null 2>&1 || need_apt+=(fluidsynth)
-# General MIDI SoundFonts: FluidR3 renders the bundled corpus; sf_GMbank is a second one for
-# multi-SoundFont corpora (render --soundfont A --soundfont B); the quickstart's held-out
-# songs are rendered with TimGM6mb, so its evaluation hears instruments training never heard.
+# General MIDI SoundFonts. The bundled corpus draws each stem from three (FluidR3,
+# MuseScore General Lite, sf_GMbank: trackformer_jax.data.render.DEFAULT_SOUNDFONTS); the
+# quickstart's held-out songs are rendered with a fourth, TimGM6mb, so its evaluation hears
+# instruments training never heard.
 [ -f /usr/share/sounds/sf2/FluidR3_GM.sf2 ] || need_apt+=(fluid-soundfont-gm)
+[ -f /usr/share/sounds/sf3/MuseScore_General_Lite.sf3 ] || need_apt+=(musescore-general-soundfont-small)
 [ -f /usr/share/sounds/sf2/sf_GMbank.sf2 ] || need_apt+=(csound-soundfont)
 [ -f /usr/share/sounds/sf2/TimGM6mb.sf2 ] || need_apt+=(timgm6mb-soundfont)
 python3 -c 'import ctypes.util, sys; sys.exit(0 if ctypes.util.find_library("sndfile") else 1)' \

@@ -87,12 +87,12 @@ def test_only_split_renders_held_out_songs_alone(tmp_path):
 
 @pytest.mark.slow
 def test_several_soundfonts_are_drawn_per_stem(tmp_path):
-  fonts = [render.DEFAULT_SOUNDFONTS[0], render.SECOND_SOUNDFONT]
+  fonts = list(render.DEFAULT_SOUNDFONTS)  # FluidR3, MuseScore General Lite (.sf3), sf_GMbank
   folders = render.render_corpus(tmp_path, tracks=3, seconds=1.0, soundfont=fonts, progress=False)
   drawn = [json.loads((Path(f) / "meta.json").read_text())["soundfonts"] for f in folders]
   assert all(set(d) == set(render.STEM_NAMES) for d in drawn)
   used = {font for d in drawn for font in d.values()}
-  assert used == {os.path.basename(f) for f in fonts}  # 12 draws from 2 fonts: both appear
+  assert used == {os.path.basename(f) for f in fonts}  # seed 0's 12 draws use all three
   # One font: every stem uses it, and the draws of everything else are unchanged.
   one = render.render_corpus(
     tmp_path / "one", tracks=1, seconds=1.0, soundfont=fonts[0], progress=False
@@ -126,6 +126,30 @@ def test_score_list_starts_with_bach_chorales():
   assert render.score_name(paths[0]).startswith("bach-")
   assert any("monteverdi" in p for p in paths) and any("palestrina" in p for p in paths)
   assert render.split_of_song("bach-bwv1.6") == render.split_of_song("bach-bwv1.6")
+
+
+def test_a_corpus_folder_refuses_tracks_rendered_with_other_settings(tmp_path):
+  fluid = render.DEFAULT_SOUNDFONTS[0]
+  render.render_corpus(tmp_path, tracks=2, seconds=0.5, soundfont=fluid, progress=False)
+  settings = json.loads((tmp_path / "render.json").read_text())
+  assert settings == {"seed": 0, "seconds": 0.5, "soundfonts": [os.path.basename(fluid)]}
+  for other in (
+    dict(soundfont=list(render.DEFAULT_SOUNDFONTS)),
+    dict(soundfont=fluid, seed=1),
+    dict(soundfont=fluid, seconds=1.0),
+  ):
+    with pytest.raises(ValueError, match="holds 2 tracks rendered with"):
+      render.render_corpus(tmp_path, **{"tracks": 3, "seconds": 0.5, **other}, progress=False)
+  assert len(_tracks(tmp_path)) == 2  # nothing was added
+  # A folder from before render.json is judged by its tracks: one SoundFont throughout
+  # cannot grow into a three-SoundFont corpus.
+  (tmp_path / "render.json").unlink()
+  with pytest.raises(ValueError, match="MuseScore_General_Lite"):
+    render.render_corpus(
+      tmp_path, tracks=3, seconds=0.5, soundfont=list(render.DEFAULT_SOUNDFONTS), progress=False
+    )
+  render.render_corpus(tmp_path, tracks=3, seconds=0.5, soundfont=fluid, progress=False)
+  assert len(_tracks(tmp_path)) == 3 and (tmp_path / "render.json").is_file()
 
 
 def test_cli_reports_a_missing_soundfont(tmp_path, capsys):
