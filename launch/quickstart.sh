@@ -76,11 +76,11 @@ cat <<EOF
   data/chorales/               the bundled corpus (MUSDB18-HQ layout: train/, test/)
   ~/.cache/trackformer_jax/    MuseScore General Lite decompressed for FluidSynth (216 MB)
   data/heldout/test/           held-out songs, another SoundFont (evaluation only)
-  $WORKDIR/checkpoints/        orbax checkpoints (the last few and the best)
-  $WORKDIR/config.json         the exact config of this run
-  $WORKDIR/metrics.jsonl       every logged number, one JSON object per line
-  $WORKDIR/tensorboard/        view with: .venv/bin/tensorboard --logdir $WORKDIR/tensorboard
-  $WORKDIR/eval/               results.json (test split), heldout.json (held-out songs),
+  $WORKDIR/checkpoints/      orbax checkpoints (the last few and the best)
+  $WORKDIR/config.json       the exact config of this run
+  $WORKDIR/metrics.jsonl     every logged number, one JSON object per line
+  $WORKDIR/tensorboard/      view with: .venv/bin/tensorboard --logdir $WORKDIR/tensorboard
+  $WORKDIR/eval/             results.json (5 test songs), heldout.json (held-out songs),
                                each with a Markdown table and a PNG of per-stem scores
   exported/quick/              the exported model (params, config, metadata)
   separated/quick/             the separated test song: one WAV per output, and a PNG
