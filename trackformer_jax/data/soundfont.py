@@ -3,9 +3,10 @@
 An .sf3 is a SoundFont 2 whose samples are Ogg Vorbis streams (MuseScore's format). FluidSynth
 decodes every sample each time it loads one: 2.2 s for MuseScore_General_Lite.sf3 on this
 project's 2-core machine, against 0.1-0.5 s for the .sf2 files, and the renderer starts one
-FluidSynth per stem. Decoding once into 16-bit PCM gives an .sf2 that renders the same audio
-(to the last bit when both use the same libsndfile; within one 16-bit step otherwise) and
-loads like any other.
+FluidSynth per stem. Decoding once into 16-bit PCM gives an .sf2 that loads like any other
+and renders the same audio: to the last bit where soundfile and FluidSynth use the same
+libsndfile build; otherwise a few decoded samples round the other way (the rendered audio
+then differed by under 2e-6 of full scale, tests/test_soundfont.py).
 
 The .sf2 lives in ``$XDG_CACHE_HOME/trackformer_jax/soundfonts`` (``~/.cache/...``), named
 after the .sf3 and keyed by its path, size and modification time; it is written to a
