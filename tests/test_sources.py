@@ -195,3 +195,8 @@ def test_default_chorales_is_rendered_on_first_use(tmp_path, monkeypatch):
   assert len(source.tracks) == 1 and source.has_stems and source.root == str(root)
   assert source.tracks[0].num_frames == 8000  # 1 s at the requested 8 kHz
   assert len(list(root.glob("*/*/mixture.wav"))) == 1
+  # A corpus rendered with other settings is not grown into a mixed one: a clear error.
+  monkeypatch.setattr(render, "QUICKSTART_TRACKS", 2)
+  monkeypatch.setattr(render, "QUICKSTART_SECONDS", 2.0)
+  with pytest.raises(sources.DataError, match="cannot build the bundled corpus: .*holds 1 tracks"):
+    _open("chorales")

@@ -329,13 +329,17 @@ def _ensure_default_chorales() -> Path:
   # Rendering is resumable and skips finished tracks, so this is cheap once built.
   if len(list(root.glob("*/*/meta.json"))) < render.QUICKSTART_TRACKS:
     log.warning("Building the bundled corpus in %s (first use, a few minutes).", root)
-    render.render_corpus(
-      root,
-      tracks=render.QUICKSTART_TRACKS,
-      seconds=render.QUICKSTART_SECONDS,
-      seed=0,
-      jobs=os.cpu_count() or 1,
-    )
+    try:
+      render.render_corpus(
+        root,
+        tracks=render.QUICKSTART_TRACKS,
+        seconds=render.QUICKSTART_SECONDS,
+        seed=0,
+        jobs=os.cpu_count() or 1,
+      )
+    except (RuntimeError, FileNotFoundError, ValueError) as e:
+      # A missing program or SoundFont, or an older corpus in the folder: say so plainly.
+      raise DataError(f"chorales: cannot build the bundled corpus: {e}") from None
   return root
 
 
