@@ -295,11 +295,12 @@ def _check_settings(out: Path, seed: int, seconds: float, soundfonts: tuple[str,
     "soundfonts": [os.path.basename(f) for f in soundfonts],
   }
   settings = out / "render.json"
-  metas = [json.loads(p.read_text()) for p in sorted(out.glob("*/*/meta.json"))]
-  if metas and settings.is_file():
+  finished = sorted(out.glob("*/*/meta.json"))
+  if finished and settings.is_file():
     found = json.loads(settings.read_text())
     same = all(found.get(key) == value for key, value in wanted.items())
-  elif metas:
+  elif finished:
+    metas = [json.loads(p.read_text()) for p in finished]
     used = set()
     for meta in metas:
       # `soundfont` (one path) is the key of corpora rendered before several were possible.
@@ -314,15 +315,20 @@ def _check_settings(out: Path, seed: int, seconds: float, soundfonts: tuple[str,
       and found["seconds"] == [seconds]
       and (used == set(wanted["soundfonts"]) or (len(metas) == 1 and used <= set(wanted["soundfonts"])))
     )
-  if metas and not same:
+  if finished and not same:
     raise ValueError(
-      f"{out} holds {len(metas)} tracks rendered with {found}; this render asks for {wanted}. "
-      "Render into another folder, or delete this one to rebuild it"
+      f"{out} holds {len(finished)} tracks rendered with {found}; this render asks for "
+      f"{wanted}. Render into another folder, or delete this one to rebuild it"
     )
-  if not metas or not settings.is_file():
-    tmp = out / ".render.json.tmp"
-    tmp.write_text(json.dumps(wanted, indent=1))
-    os.replace(tmp, settings)
+  if not finished or not settings.is_file():
+    _write_json_whole(settings, wanted)
+
+
+def _write_json_whole(path: Path, obj) -> None:
+  """Writes JSON to a temporary name beside ``path``, then renames: whole or not at all."""
+  tmp = path.with_name(f".{path.name}.tmp")
+  tmp.write_text(json.dumps(obj, indent=1))
+  os.replace(tmp, path)
 
 
 def render_track(
@@ -481,9 +487,7 @@ def render_track(
     peak=peak_target,
     soundfonts={name: os.path.basename(font) for name, font in stem_fonts.items()},
   )
-  tmp = track_dir / ".meta.json.tmp"
-  tmp.write_text(json.dumps(meta, indent=1))
-  os.replace(tmp, track_dir / "meta.json")
+  _write_json_whole(track_dir / "meta.json", meta)
   return str(track_dir)
 
 
