@@ -75,6 +75,9 @@ def get_config() -> ml_collections.ConfigDict:
   config.warmup_steps = 1000
   config.weight_decay = 0.01
   config.grad_clip_norm = 5.0
+  # Exponential moving average of the weights, evaluated and served instead of the raw ones
+  # (0: none kept). Each step: ema = d·ema + (1 - d)·params, d ramped up over the first steps.
+  config.ema_decay = 0.0
   config.num_train_steps = 200_000
   config.max_consecutive_nonfinite = 20  # a run of skipped steps stops training
 

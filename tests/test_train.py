@@ -104,8 +104,13 @@ def test_twenty_steps_lower_the_loss_and_write_everything(tiny_musdb, tmp_path):
 
 @pytest.mark.slow
 def test_a_resumed_run_equals_an_uninterrupted_one_bitwise(tiny_musdb, tmp_path):
+  # With a moving average of the weights: it is part of the state that must resume exactly.
   config = load_test_config(
-    f"musdb:{tiny_musdb}", log_every_steps=1, eval_every_steps=3, checkpoint_every_steps=2
+    f"musdb:{tiny_musdb}",
+    log_every_steps=1,
+    eval_every_steps=3,
+    checkpoint_every_steps=2,
+    ema_decay=0.9,
   )
   # 6 of the schedule's 20 steps, straight; then 4, stopped, and resumed up to 6.
   straight = train.train_and_evaluate(config, tmp_path / "straight", stop_after_step=6)
@@ -120,6 +125,15 @@ def test_a_resumed_run_equals_an_uninterrupted_one_bitwise(tiny_musdb, tmp_path)
   assert int(resumed.step) == 6
   assert_trees_equal(resumed.params, straight.params)
   assert_trees_equal(resumed.opt_state, straight.opt_state)
+  assert_trees_equal(resumed.ema_params, straight.ema_params)
+  # Tools read the average by default and the raw weights on request; they differ.
+  _, served = checkpoints.load_params(interrupted, "latest")
+  _, raw = checkpoints.load_params(interrupted, "latest", weights="raw")
+  assert_trees_equal(served, resumed.ema_params)
+  assert_trees_equal(raw, resumed.params)
+  assert not np.array_equal(jax.tree.leaves(served)[0], jax.tree.leaves(raw)[0])
+  with pytest.raises(checkpoints.CheckpointError, match="expected one of"):
+    checkpoints.load_params(interrupted, "latest", weights="average")
   # The resumed run rewrote what came after its checkpoint: one row per (step, metric).
   rows = read_metrics(interrupted)
   keys = [(row["step"], name) for row in rows for name in row if name != "step"]
@@ -192,6 +206,38 @@ def test_a_skipped_step_changes_nothing_but_the_counters(tiny_musdb):
   assert any(jax.tree.leaves(moved))
 
 
+def test_the_moving_average_follows_good_steps_only(tiny_musdb):
+  config = load_test_config(f"musdb:{tiny_musdb}", ema_decay=0.5)
+  from trackformer_jax import input_pipeline, models
+
+  model = models.create_model(config.model)
+  optimizer = train.create_optimizer(config)
+  mesh = train.create_mesh()
+  step_fn = train.compile_train_step(config, model, optimizer, mesh)
+  state = train.init_train_state(config, model, optimizer, mesh)
+  p0 = jax.device_get(state.params)
+  assert_trees_equal(state.ema_params, p0)  # the average starts at the initial weights
+  batch = next(input_pipeline.train_batches(config))
+  good = train._to_global({"mom": batch["mom"], "mixtures": batch["mixtures"]}, mesh)
+  state, _ = step_fn(state, good, jax.random.PRNGKey(1))
+  p1 = jax.device_get(state.params)
+  # Step 0's decay is ramped down to min(0.5, 1/10): the average mostly takes the new weights.
+  expected = jax.tree.map(lambda a, b: 0.1 * a + 0.9 * b, p0, p1)
+  for got, want in zip(jax.tree.leaves(state.ema_params), jax.tree.leaves(expected)):
+    np.testing.assert_allclose(np.asarray(got), want, rtol=1e-6, atol=1e-7)
+  ema1 = jax.device_get(state.ema_params)
+  bad = train._to_global({"mom": batch["mom"] * np.inf, "mixtures": batch["mixtures"]}, mesh)
+  state, metrics = step_fn(state, bad, jax.random.PRNGKey(2))
+  assert float(metrics["skipped"]) == 1.0
+  assert_trees_equal(state.ema_params, ema1)
+  state, _ = step_fn(state, good, jax.random.PRNGKey(3))
+  p3 = jax.device_get(state.params)
+  decay = min(0.5, 3 / 12)  # the ramp at step 2: (1 + 2) / (10 + 2)
+  expected = jax.tree.map(lambda a, b: decay * a + (1 - decay) * b, ema1, p3)
+  for got, want in zip(jax.tree.leaves(state.ema_params), jax.tree.leaves(expected)):
+    np.testing.assert_allclose(np.asarray(got), want, rtol=1e-6, atol=1e-7)
+
+
 # Runs a few train steps (no evaluation, no checkpoints) and saves the params: the sharded
 # step itself, under whatever device count the process started with.
 _STEPS_IN_SUBPROCESS = textwrap.dedent(
@@ -259,6 +305,7 @@ def test_four_devices_give_the_same_params_as_one(tiny_musdb, tmp_path):
     ("data", "musdb:/no/such/folder", "does not exist"),
     ("segment_seconds", 0.001, "shorter than one STFT window"),
     ("sparsity_kind", "l1", "expected one of"),
+    ("ema_decay", 1.0, "must be in"),
   ],
 )
 def test_impossible_configs_name_the_field(tiny_musdb, field, value, reason):

@@ -3,10 +3,12 @@
 Layout of a workdir::
 
   workdir/config.json             the run's config (written at start, read by ``load_params``)
-  workdir/checkpoints/<step>/     one orbax step: items ``params`` and ``train`` (+ metrics)
+  workdir/checkpoints/<step>/     one orbax step: items ``params`` and ``train`` (+ metrics),
+                                  and ``ema_params`` when the run keeps a moving average
 
-A step holds two items so that tools (evaluate, export, transfer) restore the parameters alone,
-without reading the optimiser state (twice the size of the parameters for Adam).
+The parameters are items of their own so that tools (evaluate, export, transfer) restore them
+alone, without reading the optimiser state (twice the size of the parameters for Adam). Tools
+read ``ema_params`` where a step has it (the weights the run evaluated), ``params`` otherwise.
 
 Kept: the newest ``config.keep_checkpoints`` steps and the best one by ``BEST_METRIC`` (higher is
 better); every other step is deleted. Saves are asynchronous: ``save`` returns once the arrays
@@ -37,7 +39,8 @@ CONFIG_FILE = "config.json"
 CHECKPOINT_DIR = "checkpoints"
 # Where ``restore_latest`` moves steps it cannot read (inside the workdir, never deleted).
 UNREADABLE_DIR = "unreadable_checkpoints"
-_ITEMS = ("params", "train")
+_ITEMS = ("params", "train", "ema_params")
+WEIGHTS = ("ema", "raw")
 
 
 class CheckpointError(RuntimeError):
@@ -112,10 +115,20 @@ def _steps_with_unreadable_bookkeeping(directory: pathlib.Path) -> list[int]:
   return sorted(damaged)
 
 
-def split_state(state: Any) -> tuple[Any, dict[str, Any]]:
-  """(params, everything else as a dict) of a train state with a ``params`` field."""
-  rest = {name: getattr(state, name) for name in state.__dataclass_fields__ if name != "params"}
-  return state.params, rest
+def split_state(state: Any) -> dict[str, Any]:
+  """A train state with a ``params`` field as checkpoint items.
+
+  ``params``, ``ema_params`` (only when the state has a field of that name that is not None)
+  and ``train``: every other field, as a dict.
+  """
+  items = {"params": state.params}
+  if getattr(state, "ema_params", None) is not None:
+    items["ema_params"] = state.ema_params
+  items["train"] = {
+    name: getattr(state, name) for name in state.__dataclass_fields__ if name not in items
+  }
+  items["train"].pop("ema_params", None)
+  return items
 
 
 def save(
@@ -127,15 +140,13 @@ def save(
   """
   if step in manager.all_steps():
     return False
-  params, rest = split_state(state)
+  items = split_state(state)
   scalars = {"step": int(step)}
   for name, value in (metrics or {}).items():
     scalars[name] = float(value)
   return manager.save(
     step,
-    args=ocp.args.Composite(
-      params=ocp.args.StandardSave(params), train=ocp.args.StandardSave(rest)
-    ),
+    args=ocp.args.Composite(**{name: ocp.args.StandardSave(item) for name, item in items.items()}),
     metrics=scalars,
     force=True,
   )
@@ -150,7 +161,8 @@ def restore_latest(
     manager: from ``create_manager``.
     abstract_state: the train state as ``jax.ShapeDtypeStruct`` leaves with shardings, from
       ``jax.eval_shape`` (nothing is allocated twice).
-    rebuild: ``rebuild(params=..., **rest)`` makes a train state from the restored parts.
+    rebuild: ``rebuild(params=..., [ema_params=...,] **train)`` makes a train state from the
+      restored items.
 
   Returns:
     The restored state, or None when the workdir has no checkpoint. A step that fails to
@@ -158,7 +170,7 @@ def restore_latest(
     older one is tried; once one restores, the unreadable ones are moved to
     ``workdir/unreadable_checkpoints/``. If none restores, CheckpointError (nothing moved).
   """
-  abstract_params, abstract_rest = split_state(abstract_state)
+  abstract_items = split_state(abstract_state)
   steps = sorted(manager.all_steps(), reverse=True)
   unreadable = []
   for step in steps:
@@ -167,8 +179,7 @@ def restore_latest(
       restored = manager.restore(
         step,
         args=ocp.args.Composite(
-          params=ocp.args.StandardRestore(abstract_params),
-          train=ocp.args.StandardRestore(abstract_rest),
+          **{name: ocp.args.StandardRestore(item) for name, item in abstract_items.items()}
         ),
       )
     except Exception as error:  # noqa: BLE001 - any unreadable step falls back to an older one
@@ -186,7 +197,8 @@ def restore_latest(
         step,
       )
     logging.info("restored checkpoint %s", path)
-    return rebuild(params=restored["params"], **restored["train"])
+    parts = {name: restored[name] for name in abstract_items if name != "train"}
+    return rebuild(**parts, **restored["train"])
   if steps:
     raise CheckpointError(
       f"{manager.directory}: none of the steps {steps} could be restored (a changed config?)"
@@ -252,22 +264,29 @@ def _choose_step(manager: ocp.CheckpointManager, which: str | int) -> int:
 
 
 def load_params(
-  workdir: str | pathlib.Path, which: str | int = "best"
+  workdir: str | pathlib.Path, which: str | int = "best", weights: str = "ema"
 ) -> tuple[ml_collections.ConfigDict, Any]:
   """(config, params) of a trained workdir; ``which`` is "best", "latest" or a step number.
+
+  ``weights="ema"`` gives the step's moving average where the run kept one (the weights its
+  validation scored) and its raw parameters otherwise; ``"raw"`` always the raw parameters.
 
   The parameters come back on the first local device as ``jax.Array``s, whatever the device
   and host count the run was trained on: every leaf gets an explicit single-device target,
   since the shardings saved with it name devices (other hosts' among them) that a tool run
   on one machine does not have.
   """
+  if weights not in WEIGHTS:
+    raise CheckpointError(f"weights {weights!r}: expected one of {WEIGHTS}")
   config = read_config(workdir)
   manager = create_manager(workdir, read_only=True)
   try:
     step = _choose_step(manager, which)
+    step_dir = pathlib.Path(manager.directory) / str(step)
+    item = "ema_params" if weights == "ema" and (step_dir / "ema_params").is_dir() else "params"
     # The manager itself knows no handler for its items until one is used, so it has no
     # metadata for them; the step's params folder is read directly.
-    params_dir = pathlib.Path(manager.directory) / str(step) / "params"
+    params_dir = step_dir / item
     try:
       metadata = ocp.PyTreeCheckpointer().metadata(params_dir).item_metadata.tree
     except Exception as error:  # noqa: BLE001 - orbax raises many kinds on damaged files
@@ -280,9 +299,9 @@ def load_params(
       metadata,
     )
     restored = manager.restore(
-      step, args=ocp.args.Composite(params=ocp.args.StandardRestore(target))
+      step, args=ocp.args.Composite(**{item: ocp.args.StandardRestore(target)})
     )
   finally:
     manager.close()
-  logging.info("loaded params of %s step %d", workdir, step)
-  return config, restored["params"]
+  logging.info("loaded %s of %s step %d", item, workdir, step)
+  return config, restored[item]

@@ -398,13 +398,21 @@ def gain_key(key: str) -> str:
 
 
 def evaluate_workdir(
-  workdir: str, data: str, *, checkpoint: str | int = "best", options: EvalOptions | None = None
+  workdir: str,
+  data: str,
+  *,
+  checkpoint: str | int = "best",
+  weights: str = "ema",
+  options: EvalOptions | None = None,
 ) -> dict[str, Any]:
-  """One result object ``{"workdir", ..., "aggregate", "tracks"}`` for one model."""
+  """One result object ``{"workdir", ..., "aggregate", "tracks"}`` for one model.
+
+  ``weights``: "ema" (the moving average where the run kept one, as it validated) or "raw".
+  """
   from trackformer_jax.data import sources
 
   options = options or EvalOptions()
-  model = export_lib.load_model(workdir, checkpoint=checkpoint)
+  model = export_lib.load_model(workdir, checkpoint=checkpoint, weights=weights)
   sample_rate_hz, channels = native_format(data)
   source = sources.open_source(data, sample_rate_hz=sample_rate_hz, channels=channels)
   tracks = source.split(options.split)
@@ -447,6 +455,7 @@ def evaluate_workdir(
   return {
     "workdir": str(workdir),
     "checkpoint": str(checkpoint),
+    "weights": weights,
     "model": model.model_name,
     "data": data,
     "split": options.split,
@@ -573,6 +582,12 @@ def get_parser() -> argparse.ArgumentParser:
   )
   parser.add_argument("--workdir", action="append", required=True, help="repeat to compare")
   parser.add_argument("--checkpoint", type=export_lib.parse_checkpoint, default="best")
+  parser.add_argument(
+    "--weights",
+    choices=("ema", "raw"),
+    default="ema",
+    help="ema: the weights' moving average where the run kept one (default); raw: the weights",
+  )
   parser.add_argument("--data", required=True, help="musdb:PATH | moisesdb:PATH | chorales:PATH")
   parser.add_argument("--split", default="test")
   parser.add_argument("--out", default=None, help="results JSON (+ .md table, .png plot)")
@@ -611,7 +626,9 @@ def main(argv: Sequence[str] | None = None) -> int:
   for workdir in args.workdir:
     try:
       results.append(
-        evaluate_workdir(workdir, args.data, checkpoint=args.checkpoint, options=options)
+        evaluate_workdir(
+          workdir, args.data, checkpoint=args.checkpoint, weights=args.weights, options=options
+        )
       )
     except (ValueError, RuntimeError, OSError) as e:
       print(f"evaluate: {e}", file=sys.stderr)

@@ -298,12 +298,14 @@ def load_model(
   path: str | os.PathLike,
   *,
   checkpoint: str | int = "best",
+  weights: str = "ema",
   use_exported_function: bool = False,
   name: str | None = None,
 ) -> LoadedModel:
   """Loads an exported folder or a training workdir.
 
-  ``checkpoint`` (``best`` | ``latest`` | step) only matters for a workdir. With
+  ``checkpoint`` (``best`` | ``latest`` | step) and ``weights`` (``ema``: the moving average
+  where the run kept one; ``raw``) only matter for a workdir. With
   ``use_exported_function`` an exported folder runs its serialised ``jax.export`` function
   (needs no model code; fixed input shape) instead of the model built from its config.
   """
@@ -336,7 +338,7 @@ def load_model(
   from trackformer_jax import checkpoints
 
   try:
-    config_from_ckpt, params = checkpoints.load_params(str(path), which=checkpoint)
+    config_from_ckpt, params = checkpoints.load_params(str(path), which=checkpoint, weights=weights)
   except checkpoints.CheckpointError as e:
     raise ModelLoadError(str(e)) from e
   except (FileNotFoundError, ValueError, KeyError) as e:

@@ -109,27 +109,8 @@ def mae_train_step(
   """As ``train.train_step`` (non-finite updates skipped), with the MAE loss."""
   grad_fn = jax.value_and_grad(mae_training_loss, has_aux=True)
   (loss, parts), grads = grad_fn(state.params, model, batch, rng)
-  finite = jnp.isfinite(loss) & train._all_finite(grads)
-  updates, new_opt_state = optimizer.update(grads, state.opt_state, state.params)
-  new_params = optax.apply_updates(state.params, updates)
-  keep = lambda new, old: jnp.where(finite, new, old)  # noqa: E731
-  new_state = state.replace(
-    step=state.step + 1,
-    params=jax.tree.map(keep, new_params, state.params),
-    opt_state=jax.tree.map(keep, new_opt_state, state.opt_state),
-    nonfinite_steps=state.nonfinite_steps + (~finite).astype(jnp.int32),
-    consecutive_nonfinite=jnp.where(finite, 0, state.consecutive_nonfinite + 1).astype(jnp.int32),
-  )
-  metrics = {
-    "loss": loss,
-    **parts,
-    "grad_norm": optax.tree.norm(grads),
-    "learning_rate": train.learning_rate_schedule(config)(state.step),
-    "skipped": (~finite).astype(jnp.float32),
-    "nonfinite_steps": new_state.nonfinite_steps,
-    "consecutive_nonfinite": new_state.consecutive_nonfinite,
-  }
-  return new_state, metrics
+  new_state, step_metrics = train.apply_gradients(state, loss, grads, optimizer, config)
+  return new_state, {"loss": loss, **parts, **step_metrics}
 
 
 def compile_mae_train_step(config, model, optimizer, mesh):
@@ -253,7 +234,7 @@ def _pretrain_holding_lock(
     last_step = min(last_step, stop_after_step)
 
   def run_eval(step: int) -> dict[str, float]:
-    scores = evaluate_mae(state.params, eval_fn, eval_batches, mesh, config)
+    scores = evaluate_mae(state.eval_params, eval_fn, eval_batches, mesh, config)
     if scores:
       # Higher is better for the checkpoint manager's best-step policy.
       scores["best_score"] = -scores["reconstruction_loss"]

@@ -96,6 +96,7 @@ def validate_config(config: ml_collections.ConfigDict, num_devices: int | None =
   need(number("warmup_steps") >= 0, "warmup_steps", "must be zero or positive")
   need(number("weight_decay") >= 0, "weight_decay", "must be zero or positive")
   need(number("grad_clip_norm") > 0, "grad_clip_norm", "must be positive")
+  need(0 <= number("ema_decay") < 1, "ema_decay", "must be in [0, 1) (0 keeps no average)")
   need(number("snr_max_db") > 0, "snr_max_db", "must be positive")
   need(number("diversity_weight") >= 0, "diversity_weight", "must be zero or positive")
   need(number("sparsity_weight") >= 0, "sparsity_weight", "must be zero or positive")
@@ -182,6 +183,8 @@ class TrainState:
     rng: uint32 [2], the run's base key; step s uses ``fold_in(rng, s)`` for dropout.
     nonfinite_steps: int32 [], how many steps were skipped for a non-finite loss or gradient.
     consecutive_nonfinite: int32 [], the length of the current run of skipped steps.
+    ema_params: the exponential moving average of ``params`` (``config.ema_decay``), or None
+      when the run keeps none. Evaluation, the best checkpoint and the tools use it.
   """
 
   step: jax.Array
@@ -190,6 +193,12 @@ class TrainState:
   rng: jax.Array
   nonfinite_steps: jax.Array
   consecutive_nonfinite: jax.Array
+  ema_params: Any = None
+
+  @property
+  def eval_params(self) -> Any:
+    """The weights to evaluate and serve: the moving average when the run keeps one."""
+    return self.params if self.ema_params is None else self.ema_params
 
 
 def learning_rate_schedule(config: ml_collections.ConfigDict) -> optax.Schedule:
@@ -205,6 +214,16 @@ def learning_rate_schedule(config: ml_collections.ConfigDict) -> optax.Schedule:
   # Read one step ahead: the warm-up starts at 0, and the first update should not be wasted
   # on a learning rate of exactly zero.
   return lambda count: schedule(count + 1)
+
+
+def ema_decay_at(config: ml_collections.ConfigDict, step: jax.Array) -> jax.Array:
+  """``config.ema_decay``, held lower over the first steps: ``min(decay, (1+s)/(10+s))``.
+
+  Without the ramp the average would still remember the random initialisation long after
+  training moved away from it (at 0.995, 0.995^500 ≈ 8 % of it after 500 steps).
+  """
+  step = jnp.asarray(step, jnp.float32)
+  return jnp.minimum(config.ema_decay, (1.0 + step) / (10.0 + step))
 
 
 def _decay_mask(params: Any) -> Any:
@@ -237,6 +256,7 @@ def create_train_state(
     rng=train_key,
     nonfinite_steps=jnp.zeros((), jnp.int32),
     consecutive_nonfinite=jnp.zeros((), jnp.int32),
+    ema_params=params if config.get("ema_decay", 0.0) > 0 else None,
   )
 
 
@@ -326,25 +346,49 @@ def train_step(
   """
   grad_fn = jax.value_and_grad(training_loss, has_aux=True)
   (loss, parts), grads = grad_fn(state.params, model, batch, rng, config)
-  grad_norm = optax.tree.norm(grads)
+  new_state, step_metrics = apply_gradients(state, loss, grads, optimizer, config)
+  return new_state, {"loss": loss, **parts, **step_metrics}
+
+
+def apply_gradients(
+  state: TrainState,
+  loss: jax.Array,
+  grads: Any,
+  optimizer: optax.GradientTransformation,
+  config: ml_collections.ConfigDict,
+) -> tuple[TrainState, dict[str, jax.Array]]:
+  """The state after one optimiser step, or with only its counters moved if it is not finite.
+
+  Shared by MixIT and Audio-MAE training. Also advances the weights' moving average, when
+  the state keeps one.
+
+  Returns:
+    (new state, metrics): ``grad_norm`` (before clipping), ``learning_rate``, ``skipped``,
+    ``nonfinite_steps`` and ``consecutive_nonfinite``.
+  """
   finite = jnp.isfinite(loss) & _all_finite(grads)
   updates, new_opt_state = optimizer.update(grads, state.opt_state, state.params)
   new_params = optax.apply_updates(state.params, updates)
   # A select, not a cond: both branches are cheap next to the step, and the step stays one
   # straight-line program that XLA can fuse.
   keep = lambda new, old: jnp.where(finite, new, old)  # noqa: E731
+  new_params = jax.tree.map(keep, new_params, state.params)
+  ema_params = state.ema_params
+  if ema_params is not None:
+    decay = ema_decay_at(config, state.step)
+    averaged = jax.tree.map(lambda e, p: decay * e + (1.0 - decay) * p, ema_params, new_params)
+    ema_params = jax.tree.map(keep, averaged, ema_params)
   consecutive = jnp.where(finite, 0, state.consecutive_nonfinite + 1)
   new_state = state.replace(
     step=state.step + 1,
-    params=jax.tree.map(keep, new_params, state.params),
+    params=new_params,
+    ema_params=ema_params,
     opt_state=jax.tree.map(keep, new_opt_state, state.opt_state),
     nonfinite_steps=state.nonfinite_steps + (~finite).astype(jnp.int32),
     consecutive_nonfinite=consecutive.astype(jnp.int32),
   )
   metrics = {
-    "loss": loss,
-    **parts,
-    "grad_norm": grad_norm,
+    "grad_norm": optax.tree.norm(grads),
     "learning_rate": learning_rate_schedule(config)(state.step),
     "skipped": (~finite).astype(jnp.float32),
     "nonfinite_steps": new_state.nonfinite_steps,
@@ -798,7 +842,10 @@ def _train_holding_lock(
       # Audio-MAE weights into the fresh params; Adam's moments start at zero either way.
       from trackformer_jax import pretrain
 
-      state = state.replace(params=pretrain.transfer_encoder(state.params, config))
+      params = pretrain.transfer_encoder(state.params, config)
+      # The average starts from the transferred weights too, not from the random ones.
+      ema = None if state.ema_params is None else params
+      state = state.replace(params=params, ema_params=ema)
   if jax.process_index() == 0:
     checkpoints.write_config(workdir, config)
   start_step = int(_host(state.step))
@@ -825,7 +872,7 @@ def _train_holding_lock(
     last_step = min(last_step, stop_after_step)
 
   def run_eval(step: int) -> dict[str, float]:
-    scores = evaluate(state.params, eval_fn, eval_batches, mesh)
+    scores = evaluate(state.eval_params, eval_fn, eval_batches, mesh)
     if scores:
       scores["best_score"] = best_score(scores)
       writer.write_scalars(step, {f"eval/{name}": value for name, value in scores.items()})
