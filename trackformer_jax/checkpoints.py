@@ -121,13 +121,13 @@ def split_state(state: Any) -> dict[str, Any]:
   ``params``, ``ema_params`` (only when the state has a field of that name that is not None)
   and ``train``: every other field, as a dict.
   """
+  weights = ("params", "ema_params")
   items = {"params": state.params}
   if getattr(state, "ema_params", None) is not None:
     items["ema_params"] = state.ema_params
   items["train"] = {
-    name: getattr(state, name) for name in state.__dataclass_fields__ if name not in items
+    name: getattr(state, name) for name in state.__dataclass_fields__ if name not in weights
   }
-  items["train"].pop("ema_params", None)
   return items
 
 
