@@ -170,6 +170,17 @@ def test_stft_matches_scipy_and_reconstructs(n_fft, hop, length):
   np.testing.assert_allclose(spectrum, np.swapaxes(reference, -1, -2), atol=1e-6)
   rebuilt = np.asarray(separator.istft(jnp.asarray(spectrum), n_fft, hop, length))
   np.testing.assert_allclose(rebuilt, signal, atol=1e-5)
+  # Under jit too: the window and the envelope are compiled in as constants.
+  rebuilt = jax.jit(separator.istft, static_argnums=(1, 2, 3))(spectrum, n_fft, hop, length)
+  np.testing.assert_allclose(np.asarray(rebuilt), signal, atol=1e-5)
+
+
+def test_istft_refuses_a_length_its_frames_cannot_cover():
+  # 5 frames of n_fft 256 at hop 64 span 512 samples; the first half window is padding.
+  spectrum = jnp.zeros((5, 129), jnp.complex64)
+  assert separator.istft(spectrum, 256, 64, 384).shape == (384,)
+  with pytest.raises(ValueError, match="5 STFT frames at hop 64 cannot give 385 samples"):
+    separator.istft(spectrum, 256, 64, 385)
 
 
 def test_registry_errors_name_the_field():

@@ -23,6 +23,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import ml_collections
+import numpy as np
 
 from trackformer_jax.losses.mixit import mixture_consistency
 from trackformer_jax.models.convtasnet import (
@@ -76,6 +77,28 @@ def stft(audio: jax.Array, n_fft: int, hop: int) -> jax.Array:
   return jnp.fft.rfft(frames * window, axis=-1) / jnp.sum(window)
 
 
+def _istft_constants(n_fft: int, hop: int, num_frames: int, length: int):
+  """numpy constants of `istft`: the synthesis window `[n_fft]` and 1/envelope `[length]`.
+
+  Built in numpy at trace time, so the compiled program holds two small constants instead
+  of computing the envelope and scaling the complex spectrum at every call.
+  """
+  hops_per_frame = n_fft // hop
+  window = 0.5 - 0.5 * np.cos(2 * np.pi * np.arange(n_fft) / n_fft)
+  # The analysis scaling (1/Σwindow) is undone here, on the real frames, not the spectrum.
+  synthesis = window * np.sum(window)
+  envelope = np.zeros((num_frames + hops_per_frame - 1, hop))
+  squared = (window**2).reshape(hops_per_frame, hop)
+  for r in range(hops_per_frame):
+    envelope[r : r + num_frames] += squared[r]
+  half = n_fft // 2
+  envelope = envelope.reshape(-1)[half : half + length]
+  # Inside the cropped range a Hann window at hop <= n_fft/2 keeps the envelope >= 0.5 (1.5
+  # everywhere at hop = n_fft/4); the floor only guards degenerate sizes.
+  inverse_envelope = 1.0 / np.maximum(envelope, 1e-8)
+  return synthesis.astype(np.float32), inverse_envelope.astype(np.float32)
+
+
 def istft(spectrum: jax.Array, n_fft: int, hop: int, length: int) -> jax.Array:
   """Inverse of `stft`: complex `[..., frames, bins]` -> `[..., length]`.
 
@@ -85,28 +108,20 @@ def istft(spectrum: jax.Array, n_fft: int, hop: int, length: int) -> jax.Array:
   _check_stft_sizes(n_fft, hop)
   hops_per_frame = n_fft // hop
   num_frames = spectrum.shape[-2]
-  window = hann_window(n_fft)
-  frames = jnp.fft.irfft(spectrum * jnp.sum(window), n=n_fft, axis=-1) * window
-  frames = frames.reshape(*frames.shape[:-1], hops_per_frame, hop)
-  num_blocks = num_frames + hops_per_frame - 1
-
-  def overlap_add(x):  # [..., frames, hops_per_frame, hop] -> [..., num_blocks, hop]
-    lead = [(0, 0)] * (x.ndim - 3)
-    return sum(
-      jnp.pad(x[..., r, :], lead + [(r, num_blocks - num_frames - r), (0, 0)])
-      for r in range(hops_per_frame)
-    )
-
-  audio = overlap_add(frames).reshape(*frames.shape[:-3], num_blocks * hop)
-  envelope = overlap_add(
-    jnp.broadcast_to((window**2).reshape(hops_per_frame, hop), (num_frames, hops_per_frame, hop))
-  )
-  envelope = envelope.reshape(num_blocks * hop)
   half = n_fft // 2
-  # Inside the cropped range a Hann window at hop <= n_fft/2 keeps the envelope >= 0.5 (1.5
-  # everywhere at hop = n_fft/4); the floor only guards the padding at the outer edges.
-  audio = audio / jnp.maximum(envelope, 1e-8)
-  return audio[..., half : half + length]
+  num_blocks = num_frames + hops_per_frame - 1
+  if half + length > num_blocks * hop:
+    raise ValueError(f"{num_frames} STFT frames at hop {hop} cannot give {length} samples")
+  synthesis, inverse_envelope = _istft_constants(n_fft, hop, num_frames, length)
+  frames = jnp.fft.irfft(spectrum, n=n_fft, axis=-1) * synthesis
+  frames = frames.reshape(*frames.shape[:-1], hops_per_frame, hop)
+  lead = [(0, 0)] * (frames.ndim - 3)
+  audio = sum(
+    jnp.pad(frames[..., r, :], lead + [(r, num_blocks - num_frames - r), (0, 0)])
+    for r in range(hops_per_frame)
+  )
+  audio = audio.reshape(*frames.shape[:-3], num_blocks * hop)
+  return audio[..., half : half + length] * inverse_envelope
 
 
 class TransformerLayer(nn.Module):
