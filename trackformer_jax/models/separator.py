@@ -41,9 +41,12 @@ from trackformer_jax.models.favor import favor_attention, orthogonal_features, s
 _MAGNITUDE_FLOOR = 1e-5
 
 
-def hann_window(length: int) -> jax.Array:
-  """The periodic Hann window (scipy.signal.get_window("hann", length)), `[length]`."""
-  return 0.5 - 0.5 * jnp.cos(2 * jnp.pi * jnp.arange(length) / length)
+def hann_window(length: int) -> np.ndarray:
+  """The periodic Hann window (scipy.signal.get_window("hann", length)), float64 `[length]`.
+
+  numpy, not jax: `stft` and `istft` fold it into constants at trace time.
+  """
+  return 0.5 - 0.5 * np.cos(2 * np.pi * np.arange(length) / length)
 
 
 def _check_stft_sizes(n_fft: int, hop: int):
@@ -74,7 +77,7 @@ def stft(audio: jax.Array, n_fft: int, hop: int) -> jax.Array:
     [blocks[..., r : r + num_frames, :] for r in range(hops_per_frame)], axis=-1
   )
   window = hann_window(n_fft)
-  return jnp.fft.rfft(frames * window, axis=-1) / jnp.sum(window)
+  return jnp.fft.rfft(frames * (window / np.sum(window)).astype(np.float32), axis=-1)
 
 
 def _istft_constants(n_fft: int, hop: int, num_frames: int, length: int):
@@ -84,7 +87,7 @@ def _istft_constants(n_fft: int, hop: int, num_frames: int, length: int):
   of computing the envelope and scaling the complex spectrum at every call.
   """
   hops_per_frame = n_fft // hop
-  window = 0.5 - 0.5 * np.cos(2 * np.pi * np.arange(n_fft) / n_fft)
+  window = hann_window(n_fft)
   # The analysis scaling (1/Σwindow) is undone here, on the real frames, not the spectrum.
   synthesis = window * np.sum(window)
   envelope = np.zeros((num_frames + hops_per_frame - 1, hop))
