@@ -102,6 +102,50 @@ def test_export_round_trip_and_checkpoint_choice(workdir, tmp_path):
   (workdir / export_lib.STEM_MAP_FILE).unlink()
 
 
+@flax.struct.dataclass
+class _SavedStateWithAverage:
+  step: jax.Array
+  params: dict
+  ema_params: dict
+
+
+def test_weights_choice_reaches_every_tool_and_the_export_records_it(workdir, tmp_path):
+  """--weights ema|raw in export and separate; what was read is recorded where it is written."""
+  config = checkpoints.read_config(workdir)
+  _, variables = export_lib.init_variables(config, jax.random.key(3))
+  averaged = tmp_path / "averaged"
+  averaged.mkdir()
+  checkpoints.write_config(averaged, config)
+  manager = checkpoints.create_manager(averaged, keep_checkpoints=3)
+  average = jax.tree.map(lambda x: 0.25 * x, variables["params"])
+  checkpoints.save(
+    manager,
+    _SavedStateWithAverage(step=np.int32(30), params=variables["params"], ema_params=average),
+    30,
+    {checkpoints.BEST_METRIC: 1.0},
+  )
+  manager.wait_until_finished()
+  manager.close()
+
+  for weights, want in (("ema", average), ("raw", variables["params"])):
+    out = tmp_path / f"exported_{weights}"
+    assert (
+      export_lib.main(["--workdir", str(averaged), "--out", str(out), "--weights", weights]) == 0
+    )
+    metadata = json.loads((out / "metadata.json").read_text())
+    assert (metadata["weights"], metadata["checkpoint_step"]) == (weights, 30)
+    exported = export_lib.load_model(out)
+    assert exported.source == {"step": 30, "weights": weights}
+    for got, expected in zip(leaves(exported.variables["params"]), leaves(want)):
+      np.testing.assert_array_equal(got, expected)
+    separator = separate.Separator(averaged, weights=weights)
+    assert separator.model.source == {"step": 30, "weights": weights}
+  # A workdir without an average serves its raw weights, and says so.
+  assert export_lib.load_model(workdir).source == {"step": 10, "weights": "raw"}
+  with pytest.raises(SystemExit):
+    separate.get_parser().parse_args(["song.wav", "--model", "m", "--weights", "average"])
+
+
 @pytest.mark.slow
 def test_exported_function_runs_without_model_code(workdir, tmp_path):
   out = tmp_path / "exported"
@@ -214,7 +258,10 @@ def test_evaluate_and_calibrate_with_the_real_model(workdir, tmp_path, tiny_musd
     ]
   )
   assert code == 0
-  aggregate = json.loads(out.read_text())["aggregate"]
+  result = json.loads(out.read_text())
+  # The run kept no moving average: what was read is recorded, not what was asked ("ema").
+  assert result["weights"] == "raw" and result["checkpoint_step"] == 10
+  aggregate = result["aggregate"]
   assert 0.0 <= aggregate["mask_overlap"] <= 1.0  # the model's own masks
   assert 1.0 <= aggregate["effective_mask_count"] <= 8.0
   assert aggregate["stem_si_snri_gain_db"] == pytest.approx(

@@ -266,7 +266,17 @@ def _choose_step(manager: ocp.CheckpointManager, which: str | int) -> int:
 def load_params(
   workdir: str | pathlib.Path, which: str | int = "best", weights: str = "ema"
 ) -> tuple[ml_collections.ConfigDict, Any]:
-  """(config, params) of a trained workdir; ``which`` is "best", "latest" or a step number.
+  """(config, params) of a trained workdir: ``load_weights`` without its provenance."""
+  config, params, _ = load_weights(workdir, which, weights)
+  return config, params
+
+
+def load_weights(
+  workdir: str | pathlib.Path, which: str | int = "best", weights: str = "ema"
+) -> tuple[ml_collections.ConfigDict, Any, dict[str, Any]]:
+  """(config, params, source) of a trained workdir; ``which`` is "best", "latest" or a step.
+
+  ``source`` says what was read: ``{"step": int, "weights": "ema" | "raw"}``.
 
   ``weights="ema"`` gives the step's moving average where the run kept one (the weights its
   validation scored) and its raw parameters otherwise; ``"raw"`` always the raw parameters.
@@ -304,4 +314,5 @@ def load_params(
   finally:
     manager.close()
   logging.info("loaded %s of %s step %d", item, workdir, step)
-  return config, restored[item]
+  source = {"step": int(step), "weights": "ema" if item == "ema_params" else "raw"}
+  return config, restored[item], source

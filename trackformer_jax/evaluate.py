@@ -455,7 +455,9 @@ def evaluate_workdir(
   return {
     "workdir": str(workdir),
     "checkpoint": str(checkpoint),
-    "weights": weights,
+    # What was read, not what was asked: "ema" falls back to "raw" where no average was kept.
+    "checkpoint_step": model.source.get("step"),
+    "weights": model.source.get("weights", weights),
     "model": model.model_name,
     "data": data,
     "split": options.split,
@@ -582,12 +584,7 @@ def get_parser() -> argparse.ArgumentParser:
   )
   parser.add_argument("--workdir", action="append", required=True, help="repeat to compare")
   parser.add_argument("--checkpoint", type=export_lib.parse_checkpoint, default="best")
-  parser.add_argument(
-    "--weights",
-    choices=("ema", "raw"),
-    default="ema",
-    help="ema: the weights' moving average where the run kept one (default); raw: the weights",
-  )
+  export_lib.add_weights_argument(parser)
   parser.add_argument("--data", required=True, help="musdb:PATH | moisesdb:PATH | chorales:PATH")
   parser.add_argument("--split", default="test")
   parser.add_argument("--out", default=None, help="results JSON (+ .md table, .png plot)")

@@ -185,6 +185,10 @@ class LoadedModel:
   stem_map: StemMap | None = None
   path: str | None = None
   fixed_input_shape: tuple[int, int, int] | None = None
+  # Where the weights came from, {"step": int, "weights": "ema" | "raw"}: read from a
+  # workdir, or recorded in an export's metadata; empty when unknown (built in memory, or an
+  # export written before the metadata recorded them).
+  source: dict[str, Any] = dataclasses.field(default_factory=dict)
 
   @property
   def output_names(self) -> list[str]:
@@ -329,24 +333,36 @@ def load_model(
       )
     variables = _restore_exported_variables(path, config, abstract=not use_exported_function)
     if use_exported_function:
-      return _load_exported_function(path, metadata, variables, config, name, stem_map)
-    model = model_from_variables(config, variables, name=name, stem_map=stem_map, path=str(path))
-    model.sample_rate_hz = int(metadata["sample_rate_hz"])
-    model.channels = int(metadata["channels"])
+      model = _load_exported_function(path, metadata, variables, config, name, stem_map)
+    else:
+      model = model_from_variables(config, variables, name=name, stem_map=stem_map, path=str(path))
+      model.sample_rate_hz = int(metadata["sample_rate_hz"])
+      model.channels = int(metadata["channels"])
+    model.source = _exported_source(metadata)
     return model
 
   from trackformer_jax import checkpoints
 
   try:
-    config_from_ckpt, params = checkpoints.load_params(str(path), which=checkpoint, weights=weights)
+    config_from_ckpt, params, source = checkpoints.load_weights(
+      str(path), which=checkpoint, weights=weights
+    )
   except checkpoints.CheckpointError as e:
     raise ModelLoadError(str(e)) from e
   except (FileNotFoundError, ValueError, KeyError) as e:
     raise ModelLoadError(f"{path}: cannot load checkpoint {checkpoint!r} ({e})") from e
   config = ml_collections.ConfigDict(config_from_ckpt) if config_from_ckpt is not None else config
-  return model_from_variables(
+  model = model_from_variables(
     config, _as_variables(params), name=name, stem_map=stem_map, path=str(path)
   )
+  model.source = source
+  return model
+
+
+def _exported_source(metadata: dict) -> dict[str, Any]:
+  """The ``LoadedModel.source`` an export's metadata records (``export_workdir`` writes it)."""
+  recorded = {"step": metadata.get("checkpoint_step"), "weights": metadata.get("weights")}
+  return {key: value for key, value in recorded.items() if value is not None}
 
 
 def _restore_exported_variables(path: pathlib.Path, config, *, abstract: bool):
@@ -512,11 +528,16 @@ def export_workdir(
   out_dir: str | os.PathLike,
   *,
   checkpoint: str | int = "best",
+  weights: str = "ema",
   export_function_shape: tuple[int, int] | None = None,
   overwrite: bool = False,
 ) -> pathlib.Path:
-  """Exports a training workdir's checkpoint (and its stem map, if calibrated there)."""
-  model = load_model(workdir, checkpoint=checkpoint)
+  """Exports a training workdir's checkpoint (and its stem map, if calibrated there).
+
+  ``weights`` as in ``load_model``. The metadata records the step and which weights were
+  written: "ema" only where that step had a moving average, "raw" otherwise.
+  """
+  model = load_model(workdir, checkpoint=checkpoint, weights=weights)
   return export_model(
     model.config,
     model.variables,
@@ -525,6 +546,8 @@ def export_workdir(
     extra_metadata={
       "source_workdir": str(pathlib.Path(workdir).resolve()),
       "checkpoint": str(checkpoint),
+      "checkpoint_step": model.source["step"],
+      "weights": model.source["weights"],
     },
     export_function_shape=export_function_shape,
     overwrite=overwrite,
@@ -543,12 +566,26 @@ def parse_checkpoint(value: str) -> str | int:
     ) from None
 
 
+def add_weights_argument(parser: argparse.ArgumentParser) -> None:
+  """``--weights ema|raw``: the one spelling of the choice for every tool that loads a workdir."""
+  from trackformer_jax.checkpoints import WEIGHTS  # orbax: imported only where it is used
+
+  parser.add_argument(
+    "--weights",
+    choices=WEIGHTS,
+    default="ema",
+    help="for a workdir: ema, the weights' moving average where the run kept one (the "
+    "weights its validation scored; the default), or raw, the weights themselves",
+  )
+
+
 def get_parser() -> argparse.ArgumentParser:
   parser = argparse.ArgumentParser(
     prog="python -m trackformer_jax.export", description="Export a trained separator."
   )
   parser.add_argument("--workdir", required=True, help="training workdir")
   parser.add_argument("--checkpoint", type=parse_checkpoint, default="best")
+  add_weights_argument(parser)
   parser.add_argument("--out", required=True, help="destination folder, e.g. exported/x")
   parser.add_argument(
     "--jax-export",
@@ -573,6 +610,7 @@ def main(argv: Sequence[str] | None = None) -> int:
       args.workdir,
       args.out,
       checkpoint=args.checkpoint,
+      weights=args.weights,
       export_function_shape=shape,
       overwrite=args.overwrite,
     )

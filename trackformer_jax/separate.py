@@ -212,6 +212,7 @@ class Separator:
     batch_size: segments per model call.
     progress: show a tqdm bar per song.
     checkpoint: which checkpoint of a workdir (``best`` | ``latest`` | step).
+    weights: a workdir's ``ema`` (its moving average where the run kept one) or ``raw``.
   """
 
   def __init__(
@@ -223,9 +224,10 @@ class Separator:
     batch_size: int = 4,
     progress: bool = False,
     checkpoint: str | int = "best",
+    weights: str = "ema",
   ):
     if not isinstance(model, export_lib.LoadedModel):
-      model = export_lib.load_model(model, checkpoint=checkpoint)
+      model = export_lib.load_model(model, checkpoint=checkpoint, weights=weights)
     self.model = model
     if not 0.0 < overlap < 1.0:
       raise ValueError(f"overlap must be in (0, 1), got {overlap}")
@@ -691,6 +693,7 @@ def get_parser() -> argparse.ArgumentParser:
   parser.add_argument("tracks", nargs="+", metavar="TRACK", help="audio files (wav, flac, ogg)")
   parser.add_argument("--model", required=True, help="exported folder or training workdir")
   parser.add_argument("--checkpoint", default="best", help="workdir checkpoint: best|latest|STEP")
+  export_lib.add_weights_argument(parser)
   parser.add_argument("-o", "--out", default="separated", help="output root (default separated)")
   parser.add_argument("--segment", type=float, default=None, metavar="SECONDS")
   parser.add_argument("--overlap", type=float, default=0.25)
@@ -746,7 +749,7 @@ def main(argv: Sequence[str] | None = None) -> int:
   try:
     subtype, file_format = _output_format(args)
     checkpoint = export_lib.parse_checkpoint(args.checkpoint)
-    model = export_lib.load_model(args.model, checkpoint=checkpoint)
+    model = export_lib.load_model(args.model, checkpoint=checkpoint, weights=args.weights)
     separator = Separator(
       model,
       segment_seconds=args.segment,
