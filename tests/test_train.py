@@ -381,3 +381,20 @@ def test_the_colab_notebook_runs_in_tiny_mode(tiny_musdb, tmp_path, monkeypatch)
   assert (workdir / "config.json").is_file()
   exported = pathlib.Path(namespace["EXPORT_DIR"])
   assert exported.is_dir() and any(exported.iterdir())
+
+
+def test_resuming_as_another_model_is_refused_by_field(tiny_musdb, tmp_path):
+  saved = load_test_config(f"musdb:{tiny_musdb}")
+  checkpoints.write_config(tmp_path, saved)
+  # Another schedule, interval or dataset is a continuation, not another model.
+  longer = load_test_config(f"musdb:{tiny_musdb}", num_train_steps=saved.num_train_steps * 2)
+  longer.eval_every_steps = 7
+  train._check_same_model(tmp_path, longer)
+  other = load_test_config(f"musdb:{tiny_musdb}")
+  other.model.hop = saved.model.hop * 2  # same parameter shapes: would restore silently
+  with pytest.raises(train.WorkdirError) as error:
+    train._check_same_model(tmp_path, other)
+  message = str(error.value)
+  assert "\n" not in message and message.startswith(f"{tmp_path}: ")
+  assert f"model.hop {saved.model.hop} -> {other.model.hop}" in message
+  assert "new --workdir" in message

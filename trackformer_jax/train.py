@@ -737,6 +737,45 @@ def _prepare_workdir(workdir: pathlib.Path) -> None:
     raise WorkdirError(f"{workdir}: not writable ({error.strerror or error})") from None
 
 
+# The fields that make the trained function what it is. A resumed run may change any other
+# (more steps, another evaluation interval, new data), not these.
+_MODEL_FIELDS = ("task", "model", "sample_rate_hz", "channels")
+
+
+def _check_same_model(workdir: pathlib.Path, config: ml_collections.ConfigDict) -> None:
+  """Refuses to resume checkpoints trained as another model.
+
+  Parameters of the same shapes restore without complaint (quick.py's STFT hop changed
+  without changing one shape), so the run would go on silently as a hybrid of two models.
+  """
+  saved_path = workdir / checkpoints.CONFIG_FILE
+  if not saved_path.is_file():
+    return
+  try:
+    saved = checkpoints.read_config(workdir).to_dict()
+  except checkpoints.CheckpointError:
+    return  # an unreadable config.json is rewritten below; the checkpoints decide
+  now = json.loads(json.dumps(config.to_dict(), default=list))
+
+  def flat(tree, prefix=""):
+    if isinstance(tree, dict):
+      return {k: v for key, sub in tree.items() for k, v in flat(sub, f"{prefix}{key}.").items()}
+    return {prefix[:-1]: tree}
+
+  before = flat({name: saved.get(name) for name in _MODEL_FIELDS})
+  after = flat({name: now.get(name) for name in _MODEL_FIELDS})
+  changed = [
+    f"{key} {before.get(key)!r} -> {after.get(key)!r}"
+    for key in sorted(set(before) | set(after))
+    if before.get(key) != after.get(key)
+  ]
+  if changed:
+    raise WorkdirError(
+      f"{workdir}: its checkpoints were trained as another model ({'; '.join(changed[:4])}"
+      f"{'; …' if len(changed) > 4 else ''}); train into a new --workdir, or move this one aside"
+    )
+
+
 def _check_free_space(workdir: pathlib.Path, abstract_state: Any, keep_checkpoints: int) -> None:
   """Refuses to start when the checkpoints the run will keep cannot fit in ``workdir``.
 
@@ -834,6 +873,8 @@ def _train_holding_lock(
   abstract_state, _, _ = abstract_train_inputs(config, model, optimizer, mesh)
   _check_free_space(workdir, abstract_state, config.keep_checkpoints)
   manager = checkpoints.create_manager(workdir, config.keep_checkpoints)
+  if manager.all_steps():
+    _check_same_model(workdir, config)
   state = checkpoints.restore_latest(manager, abstract_state, TrainState)
   resumed = state is not None
   if state is None:
