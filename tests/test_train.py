@@ -390,6 +390,9 @@ def test_resuming_as_another_model_is_refused_by_field(tiny_musdb, tmp_path):
   longer = load_test_config(f"musdb:{tiny_musdb}", num_train_steps=saved.num_train_steps * 2)
   longer.eval_every_steps = 7
   train._check_same_model(tmp_path, longer)
+  newer = load_test_config(f"musdb:{tiny_musdb}")
+  newer.model.a_field_added_later = 1  # a newer version's field, absent from config.json
+  train._check_same_model(tmp_path, newer)
   other = load_test_config(f"musdb:{tiny_musdb}")
   other.model.hop = saved.model.hop * 2  # same parameter shapes: would restore silently
   with pytest.raises(train.WorkdirError) as error:

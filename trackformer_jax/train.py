@@ -762,12 +762,14 @@ def _check_same_model(workdir: pathlib.Path, config: ml_collections.ConfigDict) 
       return {k: v for key, sub in tree.items() for k, v in flat(sub, f"{prefix}{key}.").items()}
     return {prefix[:-1]: tree}
 
-  before = flat({name: saved.get(name) for name in _MODEL_FIELDS})
-  after = flat({name: now.get(name) for name in _MODEL_FIELDS})
+  before = flat({name: saved[name] for name in _MODEL_FIELDS if name in saved})
+  after = flat({name: now[name] for name in _MODEL_FIELDS if name in now})
+  # Fields on one side only are left alone: a field added to the code since the run started
+  # takes a default that keeps the old behaviour, and must not lock its workdir.
   changed = [
-    f"{key} {before.get(key)!r} -> {after.get(key)!r}"
-    for key in sorted(set(before) | set(after))
-    if before.get(key) != after.get(key)
+    f"{key} {before[key]!r} -> {after[key]!r}"
+    for key in sorted(set(before) & set(after))
+    if before[key] != after[key]
   ]
   if changed:
     raise WorkdirError(
