@@ -16,7 +16,8 @@ flatbuffer format.
 
 CLI::
 
-  python -m trackformer_jax.export --workdir runs/x [--checkpoint best] --out exported/x
+  python -m trackformer_jax.export --workdir runs/x [--checkpoint best] [--weights ema|raw] \
+      --out exported/x
 """
 
 from __future__ import annotations

@@ -11,6 +11,7 @@ CLI::
 
   python -m trackformer_jax.separate TRACK... --model MODEL [-o separated] [--segment SECONDS]
       [--overlap 0.25] [--flac|--int24|--float32] [--plots] [-j N]
+      [--checkpoint best|latest|STEP] [--weights ema|raw]   (the last two: for a workdir)
   -> separated/<model>/<track>/<stem>.wav   (<track>: the file's stem; for .../<song>/mixture.wav,
                                             the song's folder name)
 
