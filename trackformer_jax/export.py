@@ -16,7 +16,7 @@ flatbuffer format.
 
 CLI::
 
-  python -m trackformer_jax.export --workdir runs/x [--checkpoint best] [--weights ema|raw] \
+  python -m trackformer_jax.export --workdir runs/x [--checkpoint best] [--weights ema|raw]
       --out exported/x
 """
 
