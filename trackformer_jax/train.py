@@ -748,22 +748,18 @@ def _check_same_model(workdir: pathlib.Path, config: ml_collections.ConfigDict) 
   Parameters of the same shapes restore without complaint (quick.py's STFT hop changed
   without changing one shape), so the run would go on silently as a hybrid of two models.
   """
-  saved_path = workdir / checkpoints.CONFIG_FILE
-  if not saved_path.is_file():
-    return
   try:
     saved = checkpoints.read_config(workdir).to_dict()
   except checkpoints.CheckpointError:
-    return  # an unreadable config.json is rewritten below; the checkpoints decide
+    return  # a missing or unreadable config.json is rewritten below; the checkpoints decide
+  # Through JSON as config.json was written, so tuples compare as the lists saved there.
   now = json.loads(json.dumps(config.to_dict(), default=list))
-
-  def flat(tree, prefix=""):
-    if isinstance(tree, dict):
-      return {k: v for key, sub in tree.items() for k, v in flat(sub, f"{prefix}{key}.").items()}
-    return {prefix[:-1]: tree}
-
-  before = flat({name: saved[name] for name in _MODEL_FIELDS if name in saved})
-  after = flat({name: now[name] for name in _MODEL_FIELDS if name in now})
+  before = flax.traverse_util.flatten_dict(
+    {name: saved[name] for name in _MODEL_FIELDS if name in saved}, sep="."
+  )
+  after = flax.traverse_util.flatten_dict(
+    {name: now[name] for name in _MODEL_FIELDS if name in now}, sep="."
+  )
   # Fields on one side only are left alone: a field added to the code since the run started
   # takes a default that keeps the old behaviour, and must not lock its workdir.
   changed = [
