@@ -46,21 +46,18 @@ import argparse
 import functools
 import hashlib
 import json
-import multiprocessing
 import os
-import shutil
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
 import numpy as np
 
-from trackformer_jax import audio
+from trackformer_jax.data import multitrack
 from trackformer_jax.data import soundfont as soundfont_files
 
-SAMPLE_RATE_HZ = 44100
-STEM_NAMES = ("vocals", "bass", "drums", "other")
+SAMPLE_RATE_HZ = multitrack.SAMPLE_RATE_HZ
+STEM_NAMES = multitrack.STEM_NAMES
 # The corpus's SoundFonts, one drawn per stem: every instrument has three renderings, so a
 # model trained on them carries over to a SoundFont it never heard (README: with FluidR3
 # alone, quick.py missed the held-out target on some stems for both seeds tried). The order
@@ -70,13 +67,7 @@ DEFAULT_SOUNDFONTS = (
   "/usr/share/sounds/sf3/MuseScore_General_Lite.sf3",
   "/usr/share/sounds/sf2/sf_GMbank.sf2",
 )
-# The Debian package that installs each SoundFont this project names (launch/setup.sh).
-SOUNDFONT_PACKAGES = {
-  "FluidR3_GM.sf2": "fluid-soundfont-gm",
-  "MuseScore_General_Lite.sf3": "musescore-general-soundfont-small",
-  "sf_GMbank.sf2": "csound-soundfont",
-  "TimGM6mb.sf2": "timgm6mb-soundfont",
-}
+SOUNDFONT_PACKAGES = multitrack.SOUNDFONT_PACKAGES
 # Quickstart size: the corpus `chorales` builds on first use (103 train and 25 test songs;
 # about 3 minutes on 2 cores).
 QUICKSTART_TRACKS = 128
@@ -239,50 +230,7 @@ def _drum_instrument(
   return kit
 
 
-def _synthesise(
-  pretty_midi, instruments, soundfont: str, workdir: str, name: str, frames: int
-) -> np.ndarray:
-  """Renders instruments with the fluidsynth CLI -> ``float64 [2, frames]``."""
-  midi = pretty_midi.PrettyMIDI(initial_tempo=120.0)
-  midi.instruments.extend(instruments)
-  mid_path = os.path.join(workdir, name + ".mid")
-  wav_path = os.path.join(workdir, name + ".wav")
-  midi.write(mid_path)
-  if not any(i.notes for i in instruments):
-    return np.zeros((2, frames))
-  command = [
-    "fluidsynth",
-    "-ni",
-    "-q",
-    "-g",
-    "0.5",
-    "-r",
-    str(SAMPLE_RATE_HZ),
-    "-O",
-    "float",
-    "-T",
-    "wav",
-    "-F",
-    wav_path,
-    soundfont,
-    mid_path,
-  ]
-  result = subprocess.run(command, capture_output=True, text=True)
-  if result.returncode != 0 or not os.path.exists(wav_path):
-    raise RuntimeError(f"fluidsynth failed on {mid_path}: {result.stderr.strip()[-500:]}")
-  rendered = audio.read_audio(wav_path).astype(np.float64)
-  rendered = audio.convert_channels(rendered, 2, path=wav_path)[:, :frames]
-  return np.pad(rendered, ((0, 0), (0, frames - rendered.shape[1])))
-
-
-def _finished(out: Path, index: int) -> str | None:
-  """The folder of track ``index`` if it is finished (its meta.json, written last, exists)."""
-  for done in sorted(out.glob(f"*/{index:04d}-*/meta.json")):
-    return str(done.parent)
-  return None
-
-
-def _check_settings(out: Path, seed: int, seconds: float, soundfonts: tuple[str, ...]) -> None:
+def check_settings(out: Path, seed: int, seconds: float, soundfonts: tuple[str, ...]) -> None:
   """One corpus folder, one rendering: refuses to add tracks made with other settings.
 
   The settings are kept in ``<out>/render.json``. A folder rendered before that file existed
@@ -313,7 +261,9 @@ def _check_settings(out: Path, seed: int, seconds: float, soundfonts: tuple[str,
     same = (
       found["seed"] == [seed]
       and found["seconds"] == [seconds]
-      and (used == set(wanted["soundfonts"]) or (len(metas) == 1 and used <= set(wanted["soundfonts"])))
+      and (
+        used == set(wanted["soundfonts"]) or (len(metas) == 1 and used <= set(wanted["soundfonts"]))
+      )
     )
   if finished and not same:
     raise ValueError(
@@ -321,14 +271,7 @@ def _check_settings(out: Path, seed: int, seconds: float, soundfonts: tuple[str,
       f"{wanted}. Render into another folder, or delete this one to rebuild it"
     )
   if not finished or not settings.is_file():
-    _write_json_whole(settings, wanted)
-
-
-def _write_json_whole(path: Path, obj) -> None:
-  """Writes JSON to a temporary name beside ``path``, then renames: whole or not at all."""
-  tmp = path.with_name(f".{path.name}.tmp")
-  tmp.write_text(json.dumps(obj, indent=1))
-  os.replace(tmp, path)
+    multitrack.write_json_whole(settings, wanted)
 
 
 def render_track(
@@ -346,13 +289,13 @@ def render_track(
   Each stem is synthesised with one of ``soundfonts``, drawn per stem when there are
   several, so one corpus holds many renderings of every instrument. ``font_files`` maps a
   SoundFont to the file FluidSynth loads for it (``soundfont.playable_soundfont``: an .sf3's
-  decompressed copy); the draw and ``meta.json`` use the names in ``soundfonts``. With ``only_split``
-  ("train" or "test"), a track whose song falls in the other split is not rendered and
-  None is returned.
+  decompressed copy); the draw and ``meta.json`` use the names in ``soundfonts``. With
+  ``only_split`` ("train" or "test"), a track whose song falls in the other split is not
+  rendered and None is returned.
   """
   import pretty_midi
 
-  done = _finished(Path(out_dir), index)
+  done = multitrack.finished_track(Path(out_dir), index)
   if done:
     return done
   if only_split and split_of_song(score_name(scores[index % len(scores)])) != only_split:
@@ -446,7 +389,7 @@ def render_track(
   with tempfile.TemporaryDirectory(prefix=f"render-{index:04d}-") as workdir:
     stems = np.stack(
       [
-        _synthesise(
+        multitrack.synthesise(
           pretty_midi,
           parts[name],
           (font_files or {}).get(stem_fonts[name], stem_fonts[name]),
@@ -458,19 +401,6 @@ def render_track(
         for name in STEM_NAMES
       ]
     )  # [4, 2, frames]
-  # A short fade-out, so the cut at `seconds` does not click.
-  fade = min(frames, int(0.05 * SAMPLE_RATE_HZ))
-  stems[..., frames - fade :] *= np.linspace(1.0, 0.0, fade)
-  peak = np.abs(stems.sum(0)).max()
-  scale = peak_target / peak if peak > 0 else 1.0
-  # Quantise each stem, then sum the integers: the mixture equals the stems' sum exactly.
-  stems_int = np.round(stems * scale * 32768).astype(np.int32)
-  stems_int = np.clip(stems_int, -32767, 32767)
-  mixture_int = stems_int.sum(0)
-  assert np.abs(mixture_int).max() <= 32767, "mixture would clip"
-  for name, stem in zip(STEM_NAMES, stems_int):
-    audio.write_audio(track_dir / f"{name}.wav", stem.astype(np.int16), SAMPLE_RATE_HZ)
-  audio.write_audio(track_dir / "mixture.wav", mixture_int.astype(np.int16), SAMPLE_RATE_HZ)
   meta = dict(
     index=index,
     song=song,
@@ -487,7 +417,7 @@ def render_track(
     peak=peak_target,
     soundfonts={name: os.path.basename(font) for name, font in stem_fonts.items()},
   )
-  _write_json_whole(track_dir / "meta.json", meta)
+  multitrack.write_track(track_dir, stems, peak_target, meta)
   return str(track_dir)
 
 
@@ -514,24 +444,11 @@ def render_corpus(
   """
   if only_split not in (None, "train", "test"):
     raise ValueError(f"only_split must be 'train' or 'test', got {only_split!r}")
-  if shutil.which("fluidsynth") is None:
-    raise RuntimeError("the `fluidsynth` program is not installed (Debian package fluidsynth)")
-  soundfonts = (
-    tuple(str(f) for f in soundfont) if isinstance(soundfont, list | tuple) else (str(soundfont),)
-  )
-  if not soundfonts:
-    raise ValueError("need at least one SoundFont")
-  for font in soundfonts:
-    if not os.path.isfile(font):
-      package = SOUNDFONT_PACKAGES.get(os.path.basename(font))
-      hint = f" (Debian package {package})" if package else ""
-      raise FileNotFoundError(f"{font}: SoundFont not found{hint}")
+  soundfonts = multitrack.check_soundfonts(soundfont)
   if tracks < 1 or seconds <= 0:
     raise ValueError(f"need tracks >= 1 and seconds > 0, got {tracks}, {seconds}")
-  from tqdm import tqdm
-
   os.makedirs(out_dir, exist_ok=True)
-  _check_settings(Path(out_dir), int(seed), float(seconds), soundfonts)
+  check_settings(Path(out_dir), int(seed), float(seconds), soundfonts)
   # Decompressed once here, before the workers start (about 10 s for a 34 MB .sf3).
   font_files = {font: soundfont_files.playable_soundfont(font) for font in soundfonts}
   scores = score_paths()
@@ -545,21 +462,7 @@ def render_corpus(
     only_split=only_split,
     font_files=font_files,
   )
-  bar = tqdm(total=tracks, desc=f"rendering {out_dir}", unit="track", disable=not progress)
-  folders = {}
-  pending = [i for i in range(tracks) if not _finished(Path(out_dir), i)]
-  if jobs <= 1 or len(pending) <= 1:
-    for index in range(tracks):
-      folders[index] = work(index)
-      bar.update()
-  else:
-    # fork would copy music21's caches; spawn keeps workers clean and the result identical.
-    with multiprocessing.get_context("spawn").Pool(jobs) as pool:
-      for index, folder in zip(range(tracks), pool.imap(work, range(tracks))):
-        folders[index] = folder
-        bar.update()
-  bar.close()
-  return [folders[i] for i in range(tracks) if folders[i] is not None]
+  return multitrack.render_all(work, tracks, out_dir, jobs=jobs, progress=progress)
 
 
 def main(argv: list[str] | None = None) -> int:
