@@ -33,8 +33,25 @@ How a song is put together, and why:
   combination of the segments covering it.
 * **Mixture consistency.** Each segment's outputs are made to sum to its input (the residual
   is shared equally, as in MixIT's mixture-consistency projection); the normalised
-  overlap-add keeps that; after resampling back to the file's rate the small resampling
-  residual is shared out the same way, so the written outputs sum to the input.
+  overlap-add keeps that. Back at the file's rate the written outputs again sum to the
+  input (to float precision), the residual ``mixture - sum of outputs`` being shared out as
+  the next point says.
+* **The band above the model's Nyquist.** A model at a lower rate than the file (the
+  quickstart's 16 kHz model on a 44.1 kHz song) hears nothing above its Nyquist (8 kHz);
+  there the residual is the whole of the song's treble (cymbals, distortion, breath, air).
+  It is not split equally: ``bandwidth.BandExtender`` shares it, in an STFT of about 46 ms
+  (75 % overlap), by what each output contains. Below the cutoff each output takes its own
+  ratio mask ``|E_i| / sum_j |E_j|`` of the residual (the small resampling error); above it,
+  each output's share, frame by frame (smoothed over about 60 ms), of the outputs' energy in
+  the top octave they have (0.45-0.9 of the model's Nyquist), in each channel: a source's
+  harmonics and noise go on upward with its top-octave activity; equal shares where every
+  output is silent. This is an extrapolation, not separation: treble with no trace below the
+  cutoff (a hi-hat whose energy lies wholly above 8 kHz) goes to whichever outputs are active
+  in the top octave at that moment. The shares sum to one and the float rounding left over is
+  shared equally, so the outputs sum to the input; the extension is streamed too (it holds
+  back about 70 ms) and gives the same result however the song is cut into blocks. At the
+  model's own rate (or a lower file rate) the residual is only the resampling error and is
+  shared equally, as before.
 * **Channels.** A mono model on a stereo file separates the downmix once and applies the
   result to each channel: the models' public API returns estimates, not a "mask this signal"
   method, so each output's share of the downmix is taken as a magnitude ratio mask in the
@@ -63,7 +80,7 @@ import scipy.signal
 import soundfile
 import soxr
 
-from trackformer_jax import audio
+from trackformer_jax import audio, bandwidth, separation_plots
 from trackformer_jax import export as export_lib
 
 # read_frames(start, num_frames) -> float32 [C, num_frames]
@@ -323,7 +340,9 @@ class Separator:
     staging = pathlib.Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
     names = self.output_names
     writers = []
-    plotter = _PlotAccumulator(names, self.model.num_outputs, info.sample_rate_hz, info.frames)
+    plotter = separation_plots.PlotAccumulator(
+      names, self.model.num_outputs, info.sample_rate_hz, info.frames
+    )
     try:
       for stem in names:
         writers.append(
@@ -434,6 +453,10 @@ class Separator:
     )
     emitted = 0
     pending = _Fifo(num_outputs * channels)  # outputs at the file's rate, not yet handed on
+    # Above the model's Nyquist: the residual is shared by what the outputs contain.
+    extender = None
+    if sample_rate_hz > model_rate:
+      extender = bandwidth.BandExtender(num_outputs, channels, sample_rate_hz, model_rate)
     for model_block in model_blocks:  # [N, C, n] at the model's rate
       if resampling:
         flat = model_block.reshape(num_outputs * channels, -1).T
@@ -442,7 +465,9 @@ class Separator:
         pending.push(model_block.reshape(num_outputs * channels, -1))
       while pending.frames and emitted < num_frames:
         n = min(pending.frames, num_frames - emitted)
-        yield self._finish_block(pending.pop(n), input_fifo.pop(n), channels)
+        block = self._finish_block(pending.pop(n), input_fifo.pop(n), channels, extender)
+        if block.shape[-1]:
+          yield block
         emitted += n
     if resampling:
       empty = np.zeros((0, num_outputs * channels), np.float32)
@@ -451,10 +476,20 @@ class Separator:
       # The resampler may come up a frame or two short; pop() pads with zeros and the
       # consistency step gives the missing input to the outputs equally.
       n = num_frames - emitted
-      yield self._finish_block(pending.pop(n), input_fifo.pop(n), channels)
+      block = self._finish_block(pending.pop(n), input_fifo.pop(n), channels, extender)
+      if block.shape[-1]:
+        yield block
+    if extender is not None:
+      block = extender.finish()  # the frames it held back
+      if block.shape[-1]:
+        yield block
 
-  def _finish_block(self, flat_outputs, mixture, channels) -> np.ndarray:
+  def _finish_block(self, flat_outputs, mixture, channels, extender) -> np.ndarray:
+    """Mixture consistency at the file's rate: by content above the model's Nyquist (the
+    extender's frames come out a little later), else equally (the resampling residual)."""
     outputs = flat_outputs.reshape(self.model.num_outputs, channels, -1)
+    if extender is not None:
+      return extender.push(outputs, mixture)
     return share_residual(outputs, mixture).astype(np.float32)
 
   def _separate_model_rate(
@@ -594,92 +629,6 @@ def _batched(items: Iterator[np.ndarray], size: int) -> Iterator[list[np.ndarray
       batch = []
   if batch:
     yield batch
-
-
-# --------------------------------------------------------------------------------------------
-# Plots
-
-
-class _PlotAccumulator:
-  """Collects, block by block, a bounded-size picture of a song for ``--plots``.
-
-  Spectrogram frames are taken every ``hop`` frames with ``hop`` chosen from the song's
-  length so that at most ``max_frames`` columns are kept, whatever the length.
-  """
-
-  def __init__(self, names, num_outputs, sample_rate_hz, num_frames, max_frames=1200):
-    self.names = list(names)
-    self.sample_rate_hz = sample_rate_hz
-    self.n_fft = 1024 if sample_rate_hz >= 16000 else 256
-    self.hop = max(self.n_fft // 2, math.ceil(num_frames / max_frames))
-    self.window = np.hanning(self.n_fft).astype(np.float32)
-    self._buffer = _Fifo(1 + len(self.names) + num_outputs)
-    self._position = 0  # absolute frame of the buffer's first frame
-    self.spectra: list[np.ndarray] = []  # each [1 + stems, F]
-    self.activity: list[np.ndarray] = []  # each [N] RMS over one hop
-
-  def push(self, outputs: np.ndarray, stems: dict[str, np.ndarray]) -> None:
-    mixture = outputs.sum(axis=0).mean(axis=0)
-    rows = [mixture] + [stems[s].mean(axis=0) for s in self.names] + list(outputs.mean(axis=1))
-    self._buffer.push(np.stack(rows).astype(np.float32))
-    num_spectra = 1 + len(self.names)
-    while self._buffer.frames >= max(self.hop, self.n_fft):
-      frame = self._buffer.peek(max(self.hop, self.n_fft))
-      spectrum = np.abs(np.fft.rfft(frame[:num_spectra, : self.n_fft] * self.window))
-      self.spectra.append(spectrum)
-      self.activity.append(np.sqrt(np.mean(frame[num_spectra:, : self.hop] ** 2, axis=-1)))
-      self._buffer.pop(self.hop)
-
-  def save(self, path, *, title: str) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    spectra = (
-      np.stack(self.spectra, axis=-1) if self.spectra else np.zeros((1 + len(self.names), 1, 1))
-    )
-    activity = np.stack(self.activity, axis=-1) if self.activity else np.zeros((1, 1))
-    duration = max(spectra.shape[-1] * self.hop / self.sample_rate_hz, 1e-3)
-    extent = [0, duration, 0, self.sample_rate_hz / 2000]
-
-    def db(x):
-      return 20 * np.log10(np.maximum(x, 1e-6))
-
-    rows = 2 + len(self.names)
-    fig, axes = plt.subplots(rows, 1, figsize=(10, 1.6 * rows + 1), sharex=True, squeeze=False)
-    axes = axes[:, 0]
-    top = db(spectra.max()) if spectra.size else 0.0
-    panels = [("input", spectra[0])] + [(n, spectra[1 + i]) for i, n in enumerate(self.names)]
-    for ax, (label, spectrum) in zip([axes[0], *axes[2:]], panels):
-      ax.imshow(
-        db(spectrum),
-        origin="lower",
-        aspect="auto",
-        extent=extent,
-        vmin=top - 80,
-        vmax=top,
-        cmap="magma",
-      )
-      ax.set_ylabel(f"{label}\nkHz")
-    activity_db = db(activity)
-    axes[1].imshow(
-      activity_db,
-      origin="lower",
-      aspect="auto",
-      cmap="viridis",
-      interpolation="nearest",
-      extent=[0, duration, -0.5, activity.shape[0] - 0.5],
-      vmin=activity_db.max() - 60,
-      vmax=activity_db.max(),
-    )
-    axes[1].set_yticks(range(activity.shape[0]))
-    axes[1].set_ylabel("output\nactivity (dB)")
-    axes[-1].set_xlabel("time (s)")
-    fig.suptitle(title)
-    fig.tight_layout()
-    fig.savefig(path, dpi=80)
-    plt.close(fig)
 
 
 # --------------------------------------------------------------------------------------------
