@@ -83,6 +83,10 @@ def test_twenty_steps_lower_the_loss_and_write_everything(tiny_musdb, tmp_path):
   for stem in train.STEM_NAMES:
     assert np.isfinite(last_eval[f"eval/stem_si_snri_db_{stem}"]), stem
   assert np.isfinite(last_eval["eval/usdr_db"])
+  # The NMF baseline on the same clips, computed once: the same at every validation.
+  nmf = [eval_rows[step]["eval/nmf_stem_si_snri_db"] for step in (0, 10, 20)]
+  assert np.isfinite(nmf[0]) and nmf == [nmf[0]] * 3
+  assert np.isfinite(last_eval["eval/nmf_stem_si_snri_db_vocals"])
   assert 0.0 <= last_eval["eval/mask_overlap"] <= 1.0
   assert 1.0 <= last_eval["eval/effective_masks"] <= config.model.num_outputs
   assert list((workdir / "tensorboard").glob("events.out.tfevents.*"))

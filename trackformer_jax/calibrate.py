@@ -96,7 +96,10 @@ def calibrate(
 
   source = sources.open_source(data, sample_rate_hz=model.sample_rate_hz, channels=model.channels)
   if not source.has_stems:
-    raise sources.DataError(f"{data}: calibration needs labelled stems; this source has none")
+    raise sources.DataError(
+      f"{data}: calibration needs the labelled stems {'/'.join(STEM_NAMES)}; this source has "
+      "none, or other stems"
+    )
   tracks = source.split(split)[:num_tracks]
   if not tracks:
     raise sources.DataError(f"{data}: split {split!r} has no tracks")

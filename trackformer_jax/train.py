@@ -816,6 +816,19 @@ def _eval_batches(config) -> Iterable[dict[str, np.ndarray]]:
   return input_pipeline.eval_batches(config, split="validation")
 
 
+def _validation_nmf(config, eval_batches) -> dict[str, float]:
+  """``scoring.validation_nmf_scores`` of this host's validation clips (host 0's are logged)."""
+  from trackformer_jax import scoring
+
+  return scoring.validation_nmf_scores(
+    eval_batches,
+    int(config.sample_rate_hz),
+    snr_max_db=float(config.snr_max_db),
+    silence_threshold_db=float(config.silence_threshold_db),
+    floor_db=STEM_SI_SNR_FLOOR_DB,
+  )
+
+
 def train_and_evaluate(
   config: ml_collections.ConfigDict,
   workdir: str | os.PathLike,
@@ -910,10 +923,17 @@ def _train_holding_lock(
   if stop_after_step is not None:
     last_step = min(last_step, stop_after_step)
 
+  nmf_scores: dict[str, float] = {}
+
   def run_eval(step: int) -> dict[str, float]:
     scores = evaluate(state.eval_params, eval_fn, eval_batches, mesh)
     if scores:
       scores["best_score"] = best_score(scores)
+      if "stem_si_snri_db" in scores and config.get("eval_nmf", True):
+        # The NMF baseline on the same clips: it does not train, so it is computed once.
+        if not nmf_scores:
+          nmf_scores.update(_validation_nmf(config, eval_batches) or {"nmf": math.nan})
+        scores.update({k: v for k, v in nmf_scores.items() if k != "nmf"})
       writer.write_scalars(step, {f"eval/{name}": value for name, value in scores.items()})
       logging.info(
         "eval step %d: %s",

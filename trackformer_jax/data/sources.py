@@ -5,6 +5,7 @@ Specs (the same syntax as ``config.data`` and evaluate's ``--data``)::
   chorales            the bundled corpus at <repo>/data/chorales, rendered on first use
   chorales:PATH       a corpus rendered by ``python -m trackformer_jax.data.render``
   musdb:PATH          MUSDB18-HQ: PATH/{train,test}/<track>/{mixture,vocals,bass,drums,other}.wav
+                      (or any other stems: every audio file beside mixture.wav is a stem)
   moisesdb:PATH       MOISESDB: PATH[/moisesdb_v0.1]/<uuid>/data.json + <stem>/<source>.wav
   moisesdb4:PATH      MOISESDB, only songs that have all four of vocals/bass/drums/other
   folder:PATH         any audio files under PATH, recursively; unlabeled (no stems)
@@ -25,6 +26,14 @@ Splits ("train", "validation", "test"), all by song so that no song is in two sp
 
 Every track reads at the source's ``sample_rate_hz`` and ``channels`` (resampled and
 converted by :mod:`trackformer_jax.audio`), one segment at a time.
+
+Stems of a MUSDB-layout track (``musdb``, ``chorales``): every audio file in its folder
+other than ``mixture.*`` is a stem named by its file name (``guitar.wav`` -> ``guitar``),
+the four standard names first in their usual order, then the rest sorted. A folder whose
+files are only standard names (or none) must have all four (a missing one is a bad track,
+as in MUSDB). A track with other stems is scored by evaluate against those stems; training
+and its labelled validation need the four standard stems, so to them such a track (and a
+source holding one) is unlabeled (``Track.has_stems`` is False; ``has_any_stems`` True).
 
 Bad tracks (missing or unreadable files, empty, truncated, stems of different lengths or
 sample rates) are skipped with a warning and counted in ``Source.skipped``; with
@@ -108,9 +117,9 @@ class Track:
   """One song (or one file) of a source, read at the source's rate and channel count.
 
   ``mixture_files`` are summed to make the mixture (one file for MUSDB and folders, all
-  stem files for MOISESDB). ``stem_files`` holds, per stem in ``STEM_NAMES`` order, the
-  files summed into that stem (an empty group is a silent stem), or None when unlabeled.
-  ``num_frames`` counts frames at ``sample_rate_hz``.
+  stem files for MOISESDB). ``stem_files`` holds, per stem in ``stem_names`` order (by
+  default ``STEM_NAMES``), the files summed into that stem (an empty group is a silent
+  stem), or None when unlabeled. ``num_frames`` counts frames at ``sample_rate_hz``.
   """
 
   track_id: str
@@ -121,9 +130,16 @@ class Track:
   channels: int
   mixture_files: tuple[str, ...]
   stem_files: tuple[tuple[str, ...], ...] | None = None
+  stem_names: tuple[str, ...] = STEM_NAMES
 
   @property
   def has_stems(self) -> bool:
+    """Labelled with the four standard stems, as training and its validation need."""
+    return self.stem_files is not None and tuple(self.stem_names) == STEM_NAMES
+
+  @property
+  def has_any_stems(self) -> bool:
+    """Labelled with any stems (``stem_names``): what evaluate scores against."""
     return self.stem_files is not None
 
   @property
@@ -151,7 +167,7 @@ class Track:
     return self._read_sum(self.mixture_files, start, frames)
 
   def read_stems(self, start: int = 0, frames: int | None = None) -> np.ndarray | None:
-    """The stems -> ``float32 [4, channels, frames]`` (vocals, bass, drums, other), or None."""
+    """The stems -> ``float32 [K, channels, frames]`` in ``stem_names`` order, or None."""
     if self.stem_files is None:
       return None
     frames = self.num_frames - start if frames is None else frames
@@ -191,6 +207,7 @@ def _track_from_files(
   split: str,
   mixture_files: list[str],
   stem_files: list[list[str]] | None,
+  stem_names: tuple[str, ...] = STEM_NAMES,
   *,
   sample_rate_hz: int,
   channels: int,
@@ -208,7 +225,11 @@ def _track_from_files(
   lengths = {i.frames for i in infos}
   if len(lengths) > 1:
     detail = ", ".join(f"{Path(i.path).name}: {i.frames}" for i in infos)
-    raise DataError(f"{infos[0].path}: stems have different lengths in frames ({detail})")
+    odd = _odd_ones_out(infos)
+    raise DataError(
+      f"{infos[0].path}: stems have different lengths in frames ({detail})"
+      + (f"; {odd} not as long as {Path(infos[0].path).name}" if odd else "")
+    )
   info = infos[0]
   return Track(
     track_id=track_id,
@@ -219,7 +240,39 @@ def _track_from_files(
     channels=channels,
     mixture_files=tuple(mixture_files),
     stem_files=None if stem_files is None else tuple(tuple(g) for g in stem_files),
+    stem_names=tuple(stem_names),
   )
+
+
+def _odd_ones_out(infos) -> str:
+  """The files whose length differs from the first's (the mixture's, where there is a
+  mixture file), named; "" if none."""
+  return ", ".join(Path(i.path).name for i in infos[1:] if i.frames != infos[0].frames)
+
+
+def order_stem_names(names) -> tuple[str, ...]:
+  """The four standard stems first (in ``STEM_NAMES`` order) where present, then the rest
+  sorted."""
+  names = set(names)
+  return tuple(n for n in STEM_NAMES if n in names) + tuple(sorted(names - set(STEM_NAMES)))
+
+
+def _musdb_stems(track_dir: Path) -> tuple[tuple[str, ...], list[list[str]]]:
+  """``(stem_names, stem_files)`` of one MUSDB-layout track folder (see the module doc)."""
+  found = {}
+  for f in sorted(track_dir.iterdir()):
+    if f.name.startswith(".") or not f.is_file() or f.suffix.lower() not in AUDIO_EXTENSIONS:
+      continue
+    if f.stem == "mixture":
+      continue
+    if f.stem in found:
+      raise DataError(f"{f}: two files for stem {f.stem!r} ({Path(found[f.stem]).name} too)")
+    found[f.stem] = str(f)
+  if set(found) <= set(STEM_NAMES):
+    # The standard layout: all four expected; a missing one is reported by name.
+    return STEM_NAMES, [[found.get(s, str(track_dir / f"{s}.wav"))] for s in STEM_NAMES]
+  names = order_stem_names(found)
+  return names, [[found[n]] for n in names]
 
 
 def _never_empty_split(tracks: list[Track]) -> list[Track]:
@@ -268,8 +321,12 @@ def _musdb_layout_candidates(root: Path, kind: str):
       else:
         split = "validation" if name in validation else "train"
       mixture = [str(track_dir / "mixture.wav")]
-      stems = [[str(track_dir / f"{stem}.wav")] for stem in STEM_NAMES]
-      yield f"{folder}/{name}", song, split, mixture, stems
+      try:
+        stem_names, stems = _musdb_stems(track_dir)
+      except DataError as e:
+        yield f"{folder}/{name}", song, None, str(e), None
+        continue
+      yield f"{folder}/{name}", song, split, mixture, (stems, stem_names)
 
 
 def _moisesdb_candidates(root: Path, all_four_only: bool):
@@ -385,6 +442,9 @@ def open_source(spec: str, *, sample_rate_hz: int, channels: int, strict: bool =
     candidates = _folder_candidates(root)
   tracks, skipped = [], []
   for track_id, song_id, split, mixture_files, stem_files in candidates:
+    stem_names = STEM_NAMES
+    if isinstance(stem_files, tuple):  # (files, names) from a MUSDB-layout listing
+      stem_files, stem_names = stem_files
     if split is None:  # rejected while listing: mixture_files holds the problem, if any
       if mixture_files is not None:
         problem = mixture_files
@@ -403,6 +463,7 @@ def open_source(spec: str, *, sample_rate_hz: int, channels: int, strict: bool =
           split,
           mixture_files,
           stem_files,
+          stem_names,
           sample_rate_hz=sample_rate_hz,
           channels=channels,
           strict=strict,
@@ -417,6 +478,17 @@ def open_source(spec: str, *, sample_rate_hz: int, channels: int, strict: bool =
     log.warning("%s: skipped %d bad track(s) of %d", spec, len(skipped), len(skipped) + len(tracks))
   if not tracks:
     raise DataError(f"{root}: no usable tracks in {spec!r} ({len(skipped)} skipped)")
+  other = [t for t in tracks if t.has_any_stems and not t.has_stems]
+  if other:
+    log.warning(
+      "%s: %d track(s) have stems other than %s (e.g. %s: %s); evaluate scores them against "
+      "those, training treats this source as unlabeled",
+      spec,
+      len(other),
+      "/".join(STEM_NAMES),
+      other[0].track_id,
+      ", ".join(other[0].stem_names),
+    )
   if kind in ("moisesdb", "moisesdb4", "folder"):
     tracks = _never_empty_split(tracks)
   return Source(
@@ -463,6 +535,8 @@ class TfdsTrack:
   records: _TfdsSplit
   index: int
   has_stems: bool = True
+  has_any_stems: bool = True
+  stem_names: tuple[str, ...] = STEM_NAMES
 
   def _read(self, names: tuple[str, ...], start: int, frames: int) -> np.ndarray:
     """``[len(names), channels, frames]`` float32, zero-padded past the chunk's end."""
