@@ -51,8 +51,8 @@ def get_config() -> ml_collections.ConfigDict:
   config.model = get_model_config()
 
   # Data: one string, same syntax as evaluate's --data.
-  #   chorales | chorales:PATH | musdb:PATH | moisesdb:PATH | folder:PATH
-  config.data = "chorales"
+  #   bundled | bundled:PATH | chorales | chorales:PATH | musdb:PATH | moisesdb:PATH | folder:PATH
+  config.data = "bundled"
   config.sample_rate_hz = 44100
   config.channels = 1
   config.segment_seconds = 3.0

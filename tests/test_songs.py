@@ -87,3 +87,18 @@ def stems_names():
 def test_missing_soundfont_is_named(tmp_path):
   with pytest.raises(FileNotFoundError, match="nowhere.sf2"):
     songs.render_songs(tmp_path, tracks=1, soundfont="/nowhere.sf2", progress=False)
+
+
+@pytest.mark.slow
+def test_bundled_reads_every_sub_corpus(tmp_path):
+  from trackformer_jax.data import bundled
+
+  counts = bundled.build(tmp_path, num_songs=2, num_chorales=1, seconds=2.0, progress=False)
+  assert counts == {"songs": 2, "chorales": 1}
+  source = sources.open_source(f"bundled:{tmp_path}", sample_rate_hz=8000, channels=1)
+  kinds = sorted({t.track_id.split("/")[0] for t in source.tracks})
+  assert kinds == ["chorales", "songs"] and len(source.tracks) == 3 and source.has_stems
+  assert {t.split for t in source.tracks} <= {"train", "validation"}
+  assert not bundled.is_complete(tmp_path)  # fewer tracks than the quickstart's
+  with pytest.raises(sources.DataError, match="sub-corpora"):
+    sources.open_source(f"bundled:{tmp_path / 'songs' / 'train'}", sample_rate_hz=8000, channels=1)

@@ -2,6 +2,9 @@
 
 Specs (the same syntax as ``config.data`` and evaluate's ``--data``)::
 
+  bundled             the bundled corpus at <repo>/data/bundled (arranged songs in many
+                      styles, and chorales; ``data.bundled``), rendered on first use
+  bundled:PATH        every sub-corpus (a folder with train/ and test/) of PATH as one source
   chorales            the bundled corpus at <repo>/data/chorales, rendered on first use
   chorales:PATH       a corpus rendered by ``python -m trackformer_jax.data.render``
   musdb:PATH          MUSDB18-HQ: PATH/{train,test}/<track>/{mixture,vocals,bass,drums,other}.wav
@@ -16,8 +19,8 @@ Splits ("train", "validation", "test"), all by song so that no song is in two sp
 
 * ``musdb``: train = ``train/`` minus the standard 14-track validation subset,
   validation = that subset, test = ``test/``.
-* ``chorales``: the renderer already put 20 % of the scores (by hash) in ``test/``:
-  train = ``train/``; validation and test = ``test/``.
+* ``chorales``, ``bundled``: the renderers already put 20 % of the songs (by hash) in
+  ``test/``: train = ``train/``; validation and test = ``test/``.
 * ``moisesdb``, ``folder``: 80 % / 20 % by a stable hash of the song id (the seed's
   protocol): train = the 80 %; validation and test = the held-out 20 %.
 * ``tfds``: the prepared splits (those of the corpus it was prepared from); where there is
@@ -400,14 +403,43 @@ def _ensure_default_chorales() -> Path:
   return root
 
 
+def _ensure_default_bundled() -> Path:
+  from trackformer_jax.data import bundled
+
+  root = bundled.default_dir()
+  if not bundled.is_complete(root):
+    log.warning("Building the bundled corpus in %s (first use, a few minutes).", root)
+    try:
+      bundled.build(root, jobs=os.cpu_count() or 1)
+    except (RuntimeError, FileNotFoundError, ValueError) as e:
+      raise DataError(f"bundled: cannot build the bundled corpus: {e}") from None
+  return root
+
+
+def _bundled_candidates(root: Path):
+  """The tracks of every sub-corpus of ``root`` (a folder with train/ or test/), as
+  ``chorales`` reads one; track ids are prefixed with the sub-corpus's name."""
+  parts = sorted(p for p in root.iterdir() if (p / "train").is_dir() or (p / "test").is_dir())
+  if not parts:
+    raise DataError(
+      f"{root}: wrong layout for bundled: expected sub-corpora such as {root}/songs/train/ "
+      "(build it with python -m trackformer_jax.data.bundled)"
+    )
+  for part in parts:
+    for track_id, song_id, split, mixture_files, stem_files in _musdb_layout_candidates(
+      part, "chorales"
+    ):
+      yield f"{part.name}/{track_id}", f"{part.name}/{song_id}", split, mixture_files, stem_files
+
+
 def parse_spec(spec: str) -> tuple[str, Path | None]:
   """``"musdb:/data/x" -> ("musdb", Path("/data/x"))``; raises DataError if malformed."""
   kind, _, path = spec.partition(":")
-  kinds = ("chorales", "musdb", "moisesdb", "moisesdb4", "folder", "tfds")
+  kinds = ("bundled", "chorales", "musdb", "moisesdb", "moisesdb4", "folder", "tfds")
   if kind not in kinds:
     raise DataError(f"data spec {spec!r}: unknown kind {kind!r}; expected one of {kinds}")
   if not path:
-    if kind != "chorales":
+    if kind not in ("bundled", "chorales"):
       raise DataError(f"data spec {spec!r}: {kind} needs a path, e.g. {kind}:/data/{kind}")
     return kind, None
   if kind == "tfds":
@@ -429,12 +461,14 @@ def open_source(spec: str, *, sample_rate_hz: int, channels: int, strict: bool =
   if kind == "tfds":
     return _open_tfds(spec, str(root), sample_rate_hz=sample_rate_hz, channels=channels)
   if root is None:
-    root = _ensure_default_chorales()
+    root = _ensure_default_bundled() if kind == "bundled" else _ensure_default_chorales()
   if not root.exists():
     raise DataError(f"{root}: data root does not exist (from data spec {spec!r})")
   if not root.is_dir():
     raise DataError(f"{root}: data root is not a folder (from data spec {spec!r})")
-  if kind in ("musdb", "chorales"):
+  if kind == "bundled":
+    candidates = _bundled_candidates(root)
+  elif kind in ("musdb", "chorales"):
     candidates = _musdb_layout_candidates(root, kind)
   elif kind in ("moisesdb", "moisesdb4"):
     candidates = _moisesdb_candidates(root, all_four_only=kind == "moisesdb4")
