@@ -51,15 +51,12 @@ import hashlib
 import json
 import logging
 import os
-import threading
 from pathlib import Path
 
-import numpy as np
-
 from trackformer_jax import audio
+from trackformer_jax.data import tfds_source
+from trackformer_jax.data.tracks import SPLITS, STEM_NAMES, DataError, Source, Track  # noqa: F401
 
-STEM_NAMES = ("vocals", "bass", "drums", "other")
-SPLITS = ("train", "validation", "test")
 AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg", ".mp3", ".aiff", ".aif")
 HOLDOUT_FRACTION = 0.2
 
@@ -101,10 +98,6 @@ MOISESDB_STEM_MAP = {
 log = logging.getLogger(__name__)
 
 
-class DataError(ValueError):
-  """A data spec or corpus that cannot be used; the message names the path and problem."""
-
-
 def holdout_fraction(song_id: str) -> float:
   """A stable number in [0, 1) from a song id (sha1, not Python's salted ``hash``)."""
   return int.from_bytes(hashlib.sha1(song_id.encode()).digest()[:8], "big") / 2**64
@@ -113,95 +106,6 @@ def holdout_fraction(song_id: str) -> float:
 def hash_split(song_id: str) -> str:
   """``train`` for 80 % of songs, ``validation`` for the held-out 20 %."""
   return "validation" if holdout_fraction(song_id) >= 1.0 - HOLDOUT_FRACTION else "train"
-
-
-@dataclasses.dataclass(frozen=True)
-class Track:
-  """One song (or one file) of a source, read at the source's rate and channel count.
-
-  ``mixture_files`` are summed to make the mixture (one file for MUSDB and folders, all
-  stem files for MOISESDB). ``stem_files`` holds, per stem in ``stem_names`` order (by
-  default ``STEM_NAMES``), the files summed into that stem (an empty group is a silent
-  stem), or None when unlabeled. ``num_frames`` counts frames at ``sample_rate_hz``.
-  """
-
-  track_id: str
-  song_id: str
-  split: str
-  num_frames: int
-  sample_rate_hz: int
-  channels: int
-  mixture_files: tuple[str, ...]
-  stem_files: tuple[tuple[str, ...], ...] | None = None
-  stem_names: tuple[str, ...] = STEM_NAMES
-
-  @property
-  def has_stems(self) -> bool:
-    """Labelled with the four standard stems, as training and its validation need."""
-    return self.stem_files is not None and tuple(self.stem_names) == STEM_NAMES
-
-  @property
-  def has_any_stems(self) -> bool:
-    """Labelled with any stems (``stem_names``): what evaluate scores against."""
-    return self.stem_files is not None
-
-  @property
-  def duration_seconds(self) -> float:
-    return self.num_frames / self.sample_rate_hz
-
-  def _read_sum(self, files: tuple[str, ...], start: int, frames: int) -> np.ndarray:
-    read = dict(
-      start_frame=start,
-      num_frames=frames,
-      sample_rate_hz=self.sample_rate_hz,
-      channels=self.channels,
-    )
-    if len(files) == 1:
-      return audio.read_audio(files[0], **read)
-    total = np.zeros((self.channels, frames), np.float32)
-    for path in files:
-      total += audio.read_audio(path, **read)
-    return total
-
-  def read_mixture(self, start: int = 0, frames: int | None = None) -> np.ndarray:
-    """The mixture's frames ``[start, start + frames)`` -> ``float32 [channels, frames]``
-    (zero-padded past the end; ``frames=None`` reads to the end)."""
-    frames = self.num_frames - start if frames is None else frames
-    return self._read_sum(self.mixture_files, start, frames)
-
-  def read_stems(self, start: int = 0, frames: int | None = None) -> np.ndarray | None:
-    """The stems -> ``float32 [K, channels, frames]`` in ``stem_names`` order, or None."""
-    if self.stem_files is None:
-      return None
-    frames = self.num_frames - start if frames is None else frames
-    return np.stack([self._read_sum(group, start, frames) for group in self.stem_files])
-
-
-@dataclasses.dataclass
-class Source:
-  """A parsed data spec: its valid tracks and the bad ones that were skipped."""
-
-  spec: str
-  kind: str
-  root: str
-  sample_rate_hz: int
-  channels: int
-  tracks: list[Track]
-  skipped: list[tuple[str, str]]  # (track path, problem)
-  # Sources without a separate test set serve their held-out 20 % as both.
-  test_is_validation: bool = False
-
-  @property
-  def has_stems(self) -> bool:
-    return bool(self.tracks) and all(t.has_stems for t in self.tracks)
-
-  def split(self, name: str) -> list[Track]:
-    """The tracks of one split, in a stable (sorted by id) order."""
-    if name not in SPLITS:
-      raise DataError(f"{self.spec}: unknown split {name!r}; expected one of {SPLITS}")
-    if name == "test" and self.test_is_validation:
-      name = "validation"
-    return [t for t in self.tracks if t.split == name]
 
 
 def _track_from_files(
@@ -459,7 +363,7 @@ def open_source(spec: str, *, sample_rate_hz: int, channels: int, strict: bool =
   """
   kind, root = parse_spec(spec)
   if kind == "tfds":
-    return _open_tfds(spec, str(root), sample_rate_hz=sample_rate_hz, channels=channels)
+    return tfds_source.open_tfds(spec, str(root), sample_rate_hz=sample_rate_hz, channels=channels)
   if root is None:
     root = _ensure_default_bundled() if kind == "bundled" else _ensure_default_chorales()
   if not root.exists():
@@ -534,114 +438,4 @@ def open_source(spec: str, *, sample_rate_hz: int, channels: int, strict: bool =
     tracks=tracks,
     skipped=skipped,
     test_is_validation=kind != "musdb",
-  )
-
-
-class _TfdsSplit:
-  """One split of a prepared TFDS dataset, opened for random access on first read."""
-
-  def __init__(self, directory: str, split: str):
-    self.directory, self.split = directory, split
-    self._records = None
-    self._lock = threading.Lock()
-
-  def record(self, index: int) -> dict:
-    if self._records is None:
-      with self._lock:
-        if self._records is None:
-          import tensorflow_datasets as tfds
-
-          self._records = tfds.builder_from_directory(self.directory).as_data_source(self.split)
-    return self._records[index]
-
-
-@dataclasses.dataclass(frozen=True)
-class TfdsTrack:
-  """One prepared chunk, read like a :class:`Track` (same fields and readers)."""
-
-  track_id: str
-  song_id: str
-  split: str
-  num_frames: int
-  sample_rate_hz: int
-  channels: int
-  mixture_files: tuple[str, ...]  # one pseudo-path naming the record, for messages
-  records: _TfdsSplit
-  index: int
-  has_stems: bool = True
-  has_any_stems: bool = True
-  stem_names: tuple[str, ...] = STEM_NAMES
-
-  def _read(self, names: tuple[str, ...], start: int, frames: int) -> np.ndarray:
-    """``[len(names), channels, frames]`` float32, zero-padded past the chunk's end."""
-    record = self.records.record(self.index)
-    out = np.zeros((len(names), self.channels, frames), np.float32)
-    for k, name in enumerate(names):
-      data = record[name][start : start + frames].T.astype(np.float32) / 32768.0
-      out[k, :, : data.shape[1]] = audio.convert_channels(
-        data, self.channels, path=self.mixture_files[0]
-      )
-    return out
-
-  def read_mixture(self, start: int = 0, frames: int | None = None) -> np.ndarray:
-    frames = self.num_frames - start if frames is None else frames
-    return self._read(("mixture",), start, frames)[0]
-
-  def read_stems(self, start: int = 0, frames: int | None = None) -> np.ndarray:
-    frames = self.num_frames - start if frames is None else frames
-    return self._read(STEM_NAMES, start, frames)
-
-
-def _open_tfds(spec: str, directory: str, *, sample_rate_hz: int, channels: int) -> Source:
-  import tensorflow as tf
-  import tensorflow_datasets as tfds
-
-  if not tf.io.gfile.isdir(directory):
-    raise DataError(f"{directory}: prepared TFDS folder does not exist (from {spec!r})")
-  try:
-    builder = tfds.builder_from_directory(directory)
-  except Exception as e:  # tfds raises several types for a folder that is not a dataset
-    raise DataError(f"{directory}: not a prepared TFDS dataset ({type(e).__name__}: {e})") from None
-  metadata = builder.info.metadata or {}
-  if "chunks" not in metadata:
-    raise DataError(
-      f"{directory}: no chunk index in metadata.json; prepare it with "
-      "trackformer_jax.data.tfds_builders"
-    )
-  prepared_rate = int(metadata["sample_rate_hz"])
-  if prepared_rate != sample_rate_hz:
-    raise DataError(
-      f"{directory}: prepared at {prepared_rate} Hz but {sample_rate_hz} Hz is asked for; "
-      "prepare a builder config at that rate"
-    )
-  if str(builder.info.file_format) not in ("array_record", "FileFormat.ARRAY_RECORD"):
-    raise DataError(f"{directory}: records are {builder.info.file_format}, not array_record")
-  tracks = []
-  for split, chunks in metadata["chunks"].items():
-    records = _TfdsSplit(directory, split)
-    for index, (track_id, song_id, start, frames) in enumerate(chunks):
-      tracks.append(
-        TfdsTrack(
-          track_id=f"{track_id}@{start}",
-          song_id=song_id,
-          split=split,
-          num_frames=int(frames),
-          sample_rate_hz=sample_rate_hz,
-          channels=channels,
-          mixture_files=(f"{directory}[{split}][{index}]",),
-          records=records,
-          index=index,
-        )
-      )
-  if not tracks:
-    raise DataError(f"{directory}: the prepared dataset holds no chunks")
-  return Source(
-    spec=spec,
-    kind="tfds",
-    root=directory,
-    sample_rate_hz=sample_rate_hz,
-    channels=channels,
-    tracks=tracks,
-    skipped=[],
-    test_is_validation="test" not in metadata["chunks"],
   )
