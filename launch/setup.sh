@@ -17,11 +17,27 @@ command -v fluidsynth >/dev/null 2>&1 || need_apt+=(fluidsynth)
 [ -f /usr/share/sounds/sf2/TimGM6mb.sf2 ] || need_apt+=(timgm6mb-soundfont)
 python3 -c 'import ctypes.util, sys; sys.exit(0 if ctypes.util.find_library("sndfile") else 1)' \
   || need_apt+=(libsndfile1)
+# Tracker modules, rendered instrument by instrument (trackformer_jax.data.modules): libopenmpt
+# decodes them (through ctypes: only the runtime library is needed), and these game data
+# packages ship them (113 modules, about 36 MB to download in all).
+python3 -c 'import ctypes.util, sys; sys.exit(0 if ctypes.util.find_library("openmpt") else 1)' \
+  || need_apt+=(libopenmpt0)
+[ -d /usr/share/games/ironseed/sound ] || need_apt+=(ironseed-data)
+[ -d /usr/share/games/pingus/data/music ] || need_apt+=(pingus-data)
+[ -d /usr/share/games/heroes/mod ] || need_apt+=(heroes-sound-tracks)
+[ -d /usr/share/games/tecnoballz/musics ] || need_apt+=(tecnoballz-data)
+[ -d /usr/share/games/pekka-kana-2/data/music ] || need_apt+=(pekka-kana-2-data)
+[ -d /usr/share/games/freedroid/sound ] || need_apt+=(freedroid-data)
+[ -d /usr/share/games/biniax2/music ] || need_apt+=(biniax2-data)
+[ -d /usr/share/games/bomberclone/music ] || need_apt+=(bomberclone-data)
 if [ ${#need_apt[@]} -gt 0 ]; then
   echo "setup: installing Debian packages: ${need_apt[*]}"
   SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
   $SUDO apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${need_apt[@]}" >/dev/null
+  # No recommends: ironseed-data, heroes-sound-tracks and bomberclone-data would pull in
+  # their games; every file needed is checked above.
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends \
+    "${need_apt[@]}" >/dev/null
 fi
 
 if [ ! -x .venv/bin/python ]; then
