@@ -1,9 +1,15 @@
-"""The project's one audio reader and writer (soundfile + soxr).
+"""The project's one audio reader and writer (soundfile + soxr, FFmpeg through ``decode``).
 
 Every other module reads and writes audio through here, so that resampling, channel
 conversion and the checks on bad files happen in exactly one place. Arrays are
 ``float32 [channels, time]``; a problem with a file raises :class:`AudioError`, whose
 message names the file and what is wrong with it.
+
+WAV, FLAC, AIFF and Ogg are read by soundfile (libsndfile: fast, exact seeks). MP3 (whose
+length libsndfile estimates from the header, wrongly without a Xing header) and everything
+libsndfile cannot open (AAC/M4A, ALAC, WMA, Opus it rejects, ...) are decoded by FFmpeg
+(``decode``), with the length taken from a whole decode. A truncated compressed file is
+read as far as it decodes; ``AudioInfo.warning`` says so, naming the seconds read.
 """
 
 from __future__ import annotations
@@ -19,6 +25,8 @@ import numpy as np
 import soundfile as sf
 import soxr
 
+from trackformer_jax import decode
+
 # Source samples read on each side of a resampled segment, so that the resampling filter
 # sees real signal at the segment's edges instead of an implicit zero (soxr's HQ filter is
 # a few hundred taps long at the usual rate ratios).
@@ -28,6 +36,12 @@ _RESAMPLE_CONTEXT_FRAMES = 2048
 _SCAN_BLOCK_FRAMES = 1 << 20
 
 _SUBTYPES = ("PCM_16", "PCM_24", "FLOAT")
+
+# libsndfile formats whose length or decoding is unreliable: FFmpeg decodes these.
+_FFMPEG_FORMATS = ("MP3", "MPEG")
+# Extensions that go to FFmpeg without asking libsndfile first (which cannot open them, or
+# for MP3, prints mpg123's warnings on stderr while it estimates the length).
+_FFMPEG_EXTENSIONS = (".mp3", ".mp2", ".m4a", ".m4b", ".mp4", ".aac", ".wma", ".webm", ".mka")
 
 # Sample rates outside this range are taken for a damaged or hostile header.
 MIN_SAMPLE_RATE_HZ = 1000
@@ -45,7 +59,12 @@ class AudioError(ValueError):
 
 @dataclasses.dataclass(frozen=True)
 class AudioInfo:
-  """What the header says about a file (native rate and channels)."""
+  """What a file holds (native rate and channels).
+
+  ``decoder`` is ``"soundfile"`` or ``"ffmpeg"`` (then ``format`` is FFmpeg's container and
+  ``subtype`` its codec, and ``frames`` what decodes). ``warning`` is None for a whole file,
+  else what is missing (``"truncated: ..."``): the frames that could be read are usable.
+  """
 
   path: str
   sample_rate_hz: int
@@ -53,6 +72,8 @@ class AudioInfo:
   frames: int
   format: str
   subtype: str
+  decoder: str = "soundfile"
+  warning: str | None = None
 
   @property
   def duration_seconds(self) -> float:
@@ -98,33 +119,47 @@ def _wav_declared_frames(path: str, info: sf._SoundFileInfo) -> int | None:
 
 
 def audio_info(path: str | os.PathLike) -> AudioInfo:
-  """Reads a file's header; raises AudioError if it is missing, unreadable, empty or truncated."""
+  """What a file holds; raises AudioError if it is missing, unreadable, empty or truncated.
+
+  A header for soundfile's formats; a whole decode (cached) for FFmpeg's, where a truncated
+  file is not an error but sets ``warning``.
+  """
   path = str(path)
   if not os.path.exists(path):
     raise AudioError(path, "no such file")
   if os.path.isdir(path):
     raise AudioError(path, "is a folder, not an audio file")
+  if Path(path).suffix.lower() in _FFMPEG_EXTENSIONS:
+    return _ffmpeg_info(path)
   try:
     info = sf.info(path)
   except (sf.LibsndfileError, RuntimeError, TypeError) as e:
-    raise AudioError(path, f"unreadable audio ({e})") from None
+    return _ffmpeg_info(path, libsndfile_error=str(e))
+  if info.format in _FFMPEG_FORMATS:
+    return _ffmpeg_info(path)
   if info.frames <= 0:
     raise AudioError(path, "empty: the file holds no audio frames")
   if info.samplerate <= 0 or info.channels <= 0:
     raise AudioError(path, f"bad header: {info.samplerate} Hz, {info.channels} channels")
-  if not MIN_SAMPLE_RATE_HZ <= info.samplerate <= MAX_SAMPLE_RATE_HZ:
-    # A header claiming 1 Hz makes a few kilobytes "days long" once resampled: reading or
-    # separating it would take hours and fill memory instead of failing.
-    raise AudioError(
-      path,
-      f"implausible sample rate {info.samplerate} Hz "
-      f"(expected {MIN_SAMPLE_RATE_HZ} to {MAX_SAMPLE_RATE_HZ} Hz)",
-    )
+  _check_rate(path, info.samplerate)
   declared = _wav_declared_frames(path, info)
   if declared is not None and declared > info.frames:
     raise AudioError(
       path, f"truncated: the header declares {declared} frames but the file holds {info.frames}"
     )
+  if info.format == "FLAC" and not _last_frame_reads(path, info.frames):
+    # libsndfile takes the length from STREAMINFO and loses sync where a cut file ends,
+    # after all the work; FFmpeg decodes what is there and says how much.
+    return _ffmpeg_info(path)
+  warning = None
+  seconds = info.frames / info.samplerate
+  if info.format == "OGG" and not decode.ogg_ends_cleanly(path):
+    warning = f"truncated: the Ogg stream ends without its end mark after {seconds:.1f} s"
+  elif info.format == "AIFF":
+    # libsndfile silently shortens a cut AIFF to what is there, as it does a WAV.
+    stated = decode.stated_frames(path)
+    if stated is not None and stated > info.frames:
+      warning = f"truncated: {seconds:.1f} s of {stated / info.samplerate:.1f} s could be read"
   return AudioInfo(
     path=path,
     sample_rate_hz=int(info.samplerate),
@@ -132,6 +167,50 @@ def audio_info(path: str | os.PathLike) -> AudioInfo:
     frames=int(info.frames),
     format=str(info.format),
     subtype=str(info.subtype),
+    warning=warning,
+  )
+
+
+def _last_frame_reads(path: str, frames: int) -> bool:
+  try:
+    with sf.SoundFile(path) as f:
+      f.seek(frames - 1)
+      return f.read(1, dtype="float32").shape[0] == 1
+  except (sf.LibsndfileError, RuntimeError):
+    return False
+
+
+def _check_rate(path: str, rate_hz: float) -> None:
+  if not MIN_SAMPLE_RATE_HZ <= rate_hz <= MAX_SAMPLE_RATE_HZ:
+    # A header claiming 1 Hz makes a few kilobytes "days long" once resampled: reading or
+    # separating it would take hours and fill memory instead of failing.
+    raise AudioError(
+      path,
+      f"implausible sample rate {rate_hz} Hz "
+      f"(expected {MIN_SAMPLE_RATE_HZ} to {MAX_SAMPLE_RATE_HZ} Hz)",
+    )
+
+
+def _ffmpeg_info(path: str, libsndfile_error: str | None = None) -> AudioInfo:
+  """A file decoded by FFmpeg: its length is what decodes (one whole decode, cached)."""
+  try:
+    decoded = decode.probe(path)
+  except decode.DecodeError as e:
+    if libsndfile_error is None:
+      raise AudioError(path, f"unreadable audio (FFmpeg: {e})") from None
+    # libsndfile's messages start "Error opening '<path>': "; the path leads ours already.
+    reason = libsndfile_error.split("': ", 1)[-1]
+    raise AudioError(path, f"unreadable audio (libsndfile: {reason} FFmpeg: {e})") from None
+  _check_rate(path, decoded.sample_rate_hz)
+  return AudioInfo(
+    path=path,
+    sample_rate_hz=decoded.sample_rate_hz,
+    channels=decoded.channels,
+    frames=decoded.frames,
+    format=decoded.container.upper(),
+    subtype=decoded.codec.upper(),
+    decoder="ffmpeg",
+    warning=decoded.problem,
   )
 
 
@@ -152,12 +231,25 @@ def output_frames(frames: int, from_rate_hz: int, to_rate_hz: int) -> int:
   return (frames * to_rate_hz) // from_rate_hz
 
 
-def _read_frames(path: str, start: int, stop: int) -> np.ndarray:
+def _read_frames(info: AudioInfo, start: int, stop: int) -> np.ndarray:
   """Native frames ``[start, stop)`` (clamped to the file) as ``float32 [channels, time]``.
 
-  The result is a transposed view of soundfile's ``[time, channels]`` buffer: callers
+  The result may be a transposed view of soundfile's ``[time, channels]`` buffer: callers
   convert channels first and copy once at the end.
   """
+  path = info.path
+  if info.decoder == "ffmpeg":
+    start = min(max(start, 0), info.frames)
+    stop = min(max(stop, start), info.frames)
+    try:
+      data = decode.read_frames(path, start, stop)
+    except decode.DecodeError as e:
+      raise AudioError(path, f"unreadable audio (FFmpeg: {e})") from None
+    if data.shape[-1] != stop - start:
+      raise AudioError(
+        path, f"truncated: asked for frames {start}..{stop} but only {data.shape[-1]} decoded"
+      )
+    return data.reshape(info.channels, -1)
   try:
     with sf.SoundFile(path) as f:
       start = min(max(start, 0), f.frames)
@@ -174,7 +266,8 @@ def _read_frames(path: str, start: int, stop: int) -> np.ndarray:
 
 
 def _check_finite(path: str, audio: np.ndarray, offset: int, subtype: str = "FLOAT") -> None:
-  # Integer PCM cannot hold NaN/inf; only float files need the scan.
+  # Integer PCM cannot hold NaN/inf; only float files need the scan (every FFmpeg decode is
+  # scanned: its subtype is a codec name).
   if subtype.startswith("PCM"):
     return
   if not np.isfinite(audio).all():
@@ -212,7 +305,7 @@ def read_audio(
     num_frames = max(total_out - start_frame, 0)
   num_frames = int(num_frames)
   if rate_out == info.sample_rate_hz:
-    audio = _read_frames(path, start_frame, start_frame + num_frames)
+    audio = _read_frames(info, start_frame, start_frame + num_frames)
     _check_finite(path, audio, start_frame, info.subtype)
   else:
     # Output frame k*up sits exactly on source frame k*down: start the source read on such
@@ -224,7 +317,7 @@ def read_audio(
     block0 = max(start_frame // up - context_blocks, 0)
     src_start = block0 * down
     src_stop = -(-(start_frame + num_frames) * down // up) + context_blocks * down
-    source = _read_frames(path, src_start, src_stop)
+    source = _read_frames(info, src_start, src_stop)
     _check_finite(path, source, src_start, info.subtype)
     if source.shape[1] == 0:
       audio = np.zeros((info.channels, 0), np.float32)
@@ -247,7 +340,7 @@ def verify_audio(path: str | os.PathLike) -> AudioInfo:
   """
   info = audio_info(path)
   for start in range(0, info.frames, _SCAN_BLOCK_FRAMES):
-    block = _read_frames(info.path, start, min(start + _SCAN_BLOCK_FRAMES, info.frames))
+    block = _read_frames(info, start, min(start + _SCAN_BLOCK_FRAMES, info.frames))
     _check_finite(info.path, block, start, info.subtype)
   return info
 
