@@ -268,3 +268,18 @@ def test_mp3_output_refuses_what_mp3_cannot_hold(tmp_path, monkeypatch, capsys):
   assert _run_cli(monkeypatch, tmp_path, [song], "--mp3") == 1
   assert "MP3 cannot hold 96000 Hz" in capsys.readouterr().err
   assert not (tmp_path / "sep/bands/song").exists()
+
+
+def test_ctrl_c_while_starting_up_is_one_line_too(tmp_path):
+  song = tmp_path / "song.wav"
+  audio.write_audio(song, _tone(1.0, 0), RATE_HZ)
+  process = _start(tmp_path / "no-model-needed-yet", [song], tmp_path / "sep")
+  time.sleep(0.5)  # in the imports (JAX takes seconds), or at worst loading the model
+  process.send_signal(signal.SIGINT)
+  out, err = process.communicate(timeout=60)
+  assert process.returncode == 130, err
+  assert err.strip() in (
+    "separate: interrupted while starting; nothing written",
+    "separate: interrupted: 0 of 1 tracks written; nothing partial left",
+  ), err
+  assert not (tmp_path / "sep").exists()

@@ -56,6 +56,20 @@ class StopRequest:
       shutil.rmtree(folder, ignore_errors=True)
 
 
+def leave_quietly_on_signal(line: str, signals=(signal.SIGINT, signal.SIGTERM)) -> None:
+  """From now on a signal prints ``line`` (if any) and exits with status 130 at once: for
+  the start of a tool, before any work (or a handler) exists, and for its shutdown."""
+
+  def handler(signum, frame):
+    if line:
+      sys.stderr.write(line + "\n")
+      sys.stderr.flush()
+    os._exit(EXIT_STATUS)
+
+  for s in signals:
+    signal.signal(s, handler)
+
+
 @contextlib.contextmanager
 def graceful(
   stop: StopRequest | None = None, *, signals=(signal.SIGINT, signal.SIGTERM)

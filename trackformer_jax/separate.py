@@ -34,13 +34,18 @@ import pathlib
 import sys
 from collections.abc import Sequence
 
-from trackformer_jax import (
+from trackformer_jax import interrupts
+
+if __name__ == "__main__":
+  # Ctrl-C while the libraries below load (seconds: JAX): nothing has started yet.
+  interrupts.leave_quietly_on_signal("separate: interrupted while starting; nothing written")
+
+from trackformer_jax import (  # noqa: E402 - after the handler above
   audio,  # noqa: F401 - tests patch separate.audio.read_audio
-  interrupts,
   stem_files,
 )
-from trackformer_jax import export as export_lib
-from trackformer_jax.separator import (
+from trackformer_jax import export as export_lib  # noqa: E402
+from trackformer_jax.separator import (  # noqa: E402
   FrameReader,
   SegmentCallback,
   SeparationError,
@@ -48,7 +53,7 @@ from trackformer_jax.separator import (
   Separator,
   track_name,
 )
-from trackformer_jax.stitching import (
+from trackformer_jax.stitching import (  # noqa: E402
   best_permutation,
   overlap_add_weights,
   share_residual,
@@ -236,4 +241,6 @@ def _outcome(future: concurrent.futures.Future, track: str) -> tuple[bool, str]:
 
 
 if __name__ == "__main__":
-  sys.exit(main())
+  status = main()
+  interrupts.leave_quietly_on_signal("")  # a Ctrl-C while the interpreter shuts down
+  sys.exit(status)
