@@ -213,3 +213,18 @@ def test_sound_rules_and_reserved_packages():
   assert sound_features(np.stack([mid, -mid]).astype(np.float32)) is not None
   assert modules.is_reserved("fretsonfire-songs-muldjord") and modules.is_reserved("freedink-data")
   assert not modules.is_reserved("pingus-data") and not modules.is_reserved(None)
+
+
+def test_only_split_renders_that_split_alone(tmp_path):
+  (tmp_path / "in").mkdir()
+  (tmp_path / "in" / "tiny.mod").write_bytes(tiny_mod())
+  split = render.split_of_song("tiny.mod")
+  other = "train" if split == "test" else "test"
+  common = dict(seconds=2.0, max_excerpts=1, min_seconds=1.0, progress=False)
+  left_out, _ = modules.render_corpus(
+    tmp_path / "a", [str(tmp_path / "in")], only_split=other, **common
+  )
+  kept, _ = modules.render_corpus(
+    tmp_path / "b", [str(tmp_path / "in")], only_split=split, **common
+  )
+  assert left_out == [] and len(kept) == 1 and f"/{split}/" in kept[0]

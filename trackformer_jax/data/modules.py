@@ -344,15 +344,20 @@ def render_corpus(
   max_excerpts: int = DEFAULT_MAX_EXCERPTS,
   min_seconds: float = DEFAULT_MIN_SECONDS,
   progress: bool = True,
+  only_split: str | None = None,
 ) -> tuple[list[str], list[str]]:
   """Renders every module found under ``sources`` (folders or files; default the Debian
-  packages' folders in ``DEFAULT_DIRS``). Returns ``(track folders, problems)``: a module
-  libopenmpt refuses is reported in ``problems`` and skipped, and so is one from a reserved
-  package and an excerpt whose instruments do not sum to the whole. Raises ModuleError when
+  packages' folders in ``DEFAULT_DIRS``); with ``only_split`` ("train" or "test"), only the
+  modules of that split (``only_split="test"``: the held-out modules alone). Returns
+  ``(track folders, problems)``: a module libopenmpt refuses is reported in ``problems`` and
+  skipped, and so is one from a reserved package and an excerpt whose instruments do not sum
+  to the whole. Raises ModuleError when
   libopenmpt is missing or no module is found.
   """
   if seconds <= 0 or max_excerpts < 1:
     raise ValueError(f"need seconds > 0 and max_excerpts >= 1, got {seconds}, {max_excerpts}")
+  if only_split not in (None, "train", "test"):
+    raise ValueError(f"only_split must be 'train' or 'test', got {only_split!r}")
   try:
     openmpt.library()
   except openmpt.OpenMPTError as e:
@@ -385,6 +390,8 @@ def render_corpus(
   folders, problems = [], []
   for path in tqdm(files, desc=f"rendering {out}", unit="module", disable=not progress):
     package = owners.get(path)
+    if only_split and render.split_of_song(os.path.basename(path)) != only_split:
+      continue
     if is_reserved(package):
       problems.append(f"{path}: from {package}, reserved for evaluation; skipped")
       continue
@@ -413,10 +420,18 @@ def main(argv: list[str] | None = None) -> int:
   parser.add_argument("--seconds", type=float, default=DEFAULT_SECONDS)
   parser.add_argument("--max-excerpts", type=int, default=DEFAULT_MAX_EXCERPTS)
   parser.add_argument("--min-seconds", type=float, default=DEFAULT_MIN_SECONDS)
+  parser.add_argument(
+    "--only-split", choices=("train", "test"), help="render only the modules of this split"
+  )
   args = parser.parse_args(argv)
   try:
     folders, problems = render_corpus(
-      args.out, args.sources, args.seconds, args.max_excerpts, args.min_seconds
+      args.out,
+      args.sources,
+      args.seconds,
+      args.max_excerpts,
+      args.min_seconds,
+      only_split=args.only_split,
     )
   except (ModuleError, ValueError) as e:
     print(f"error: {e}", file=sys.stderr)
