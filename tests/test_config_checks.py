@@ -16,6 +16,8 @@ import sys
 import pytest
 
 from trackformer_jax import train
+from trackformer_jax.training import state as state_lib
+from trackformer_jax.training import steps, workdir
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
@@ -88,9 +90,9 @@ def nothing_built(monkeypatch, tmp_path):
 
   for module, name in (
     (models, "create_model"),
-    (train, "init_train_state"),
-    (train, "compile_train_step"),
-    (train, "_prepare_workdir"),
+    (state_lib, "init_train_state"),
+    (steps, "compile_train_step"),
+    (workdir, "prepare_workdir"),
   ):
     monkeypatch.setattr(module, name, too_far)
   return tmp_path / "run"

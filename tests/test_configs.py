@@ -66,11 +66,10 @@ def test_config_loads_and_its_train_step_compiles(path):
   optimizer = train.create_optimizer(config)
   mesh = train.create_mesh(jax.devices()[:1])
   if config.get("task", "mixit") == "mae":
-    from trackformer_jax import pretrain
     from trackformer_jax.models import mae
 
     model = mae.create_mae(config)
-    step = pretrain.compile_mae_train_step(config, model, optimizer, mesh)
+    step = train.compile_train_step(config, model, optimizer, mesh)
   else:
     model = models.create_model(config.model)
     step = train.compile_train_step(config, model, optimizer, mesh)

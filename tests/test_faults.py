@@ -39,6 +39,10 @@ import numpy as np
 import pytest
 
 from trackformer_jax import checkpoints, train
+from trackformer_jax.training import state as state_lib
+from trackformer_jax.training import steps
+from trackformer_jax.training import workdir as workdir_lib
+from trackformer_jax.training.tasks import mae as mae_task
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
@@ -138,9 +142,10 @@ _CLI_WITH_BAD_BATCHES = textwrap.dedent(
   import sys
   import numpy as np
   from absl import app
-  from trackformer_jax import main, train
+  from trackformer_jax import main
+  from trackformer_jax.training import loop
 
-  real_batches = train._train_batches
+  real_batches = loop.train_batches
 
   def poisoned(config, start_step):
     for step, batch in enumerate(real_batches(config, start_step), start=start_step):
@@ -150,7 +155,7 @@ _CLI_WITH_BAD_BATCHES = textwrap.dedent(
         batch = dict(batch, mom=batch["mom"] * np.nan)
       yield batch
 
-  train._train_batches = poisoned
+  loop.train_batches = poisoned
   sys.argv = ["main"] + sys.argv[1:]
   app.run(main.main)
   """
@@ -174,7 +179,7 @@ def background_runs(tiny_musdb, tmp_path_factory):
     )
     runs["busy"] = root / "busy"
     runs["busy"].mkdir()
-    lock = train._lock_workdir(runs["busy"])
+    lock = workdir_lib.lock_workdir(runs["busy"])
     runs["intruder_process"] = subprocess.Popen(
       _train_command(data, runs["busy"]),
       cwd=REPO,
@@ -449,8 +454,8 @@ def nothing_built(monkeypatch):
   def too_far(*args, **kwargs):
     raise AssertionError("training went past the workdir checks")
 
-  monkeypatch.setattr(train, "init_train_state", too_far)
-  monkeypatch.setattr(train, "compile_train_step", too_far)
+  monkeypatch.setattr(state_lib, "init_train_state", too_far)
+  monkeypatch.setattr(steps, "compile_train_step", too_far)
 
 
 def _test_config(tiny_musdb):
@@ -501,12 +506,12 @@ def test_a_full_workdir_is_refused_before_the_first_step(
   with mounted_tmpfs(workdir, "size=256k") as mounted:
     if not mounted:
       usage = shutil.disk_usage(tmp_path)._replace(free=256 * 1024)
-      monkeypatch.setattr(train.shutil, "disk_usage", lambda path: usage)
+      monkeypatch.setattr(workdir_lib.shutil, "disk_usage", lambda path: usage)
     with pytest.raises(train.WorkdirError) as error:
       train.train_and_evaluate(_test_config(tiny_musdb), workdir / "run")
     leftovers = sorted(p.name for p in (workdir / "run").iterdir())
     # The refused run let go of the workdir: a corrected retry in the same process may lock it.
-    train._lock_workdir(workdir / "run").close()
+    workdir_lib.lock_workdir(workdir / "run").close()
   message = str(error.value)
   assert "\n" not in message
   assert re.fullmatch(
@@ -540,16 +545,14 @@ def test_a_workdir_that_is_a_file_is_refused(tiny_musdb, tmp_path):
 
 
 def test_pretraining_lets_go_of_the_workdir_after_an_error(tiny_musdb, tmp_path, monkeypatch):
-  from trackformer_jax import pretrain
-
   config = _test_config(tiny_musdb)
   config.task = "mae"
 
   def broken_model(config):
     raise RuntimeError("model construction failed")
 
-  monkeypatch.setattr(pretrain.mae_lib, "create_mae", broken_model)
+  monkeypatch.setattr(mae_task.mae_lib, "create_mae", broken_model)
   with pytest.raises(RuntimeError, match="model construction failed"):
-    pretrain.pretrain_and_evaluate(config, tmp_path / "run")
+    train.train_and_evaluate(config, tmp_path / "run")
   # A corrected retry in the same process (a notebook) must not be told the workdir is busy.
-  train._lock_workdir(tmp_path / "run").close()
+  workdir_lib.lock_workdir(tmp_path / "run").close()

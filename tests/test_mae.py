@@ -21,9 +21,10 @@ import pytest
 from conftest import TINY_RATE_HZ, synthetic_stems
 
 from trackformer_jax import audio as audio_lib
-from trackformer_jax import checkpoints, models, pretrain, train
+from trackformer_jax import checkpoints, models, train
 from trackformer_jax.losses import mae as mae_loss
 from trackformer_jax.models import mae as mae_lib
+from trackformer_jax.training.tasks import mae as mae_task
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:  # experiment configs import ``configs.default``
@@ -206,11 +207,11 @@ def test_bad_mae_config_is_one_line_naming_the_field():
     config = tiny_config()
     setattr(config.mae, field, value)
     with pytest.raises(train.ConfigError, match=f"config.mae.{field}"):
-      pretrain.validate_mae_config(config)
+      mae_task.validate_config(config)
   config = tiny_config()
   config.init_from = "runs/somewhere"
   with pytest.raises(train.ConfigError, match="init_from"):
-    pretrain.validate_mae_config(config)
+    mae_task.validate_config(config)
 
 
 # --------------------------------------------------------------------------------------------
@@ -258,13 +259,13 @@ def test_pretraining_beats_interpolation_and_transfers_exactly(clip_folder, tmp_
   config.num_eval_examples = 8
   # Count traces of the loss inside the real loop's step: one, however many steps run.
   traces = []
-  original_loss = pretrain.mae_training_loss
+  original_loss = mae_task.training_loss
 
   def counted_loss(*args):
     traces.append(1)
     return original_loss(*args)
 
-  monkeypatch.setattr(pretrain, "mae_training_loss", counted_loss)
+  monkeypatch.setattr(mae_task, "training_loss", counted_loss)
   workdir = tmp_path / "mae"
   state = train.train_and_evaluate(config, workdir)  # dispatches on config.task
   assert int(state.step) == 600
@@ -288,7 +289,7 @@ def test_pretraining_beats_interpolation_and_transfers_exactly(clip_folder, tmp_
   separator = models.create_model(mixit_config.model)
   audio = harmonic_audio(jax.random.PRNGKey(5), 2, 4000)
   fresh = jax.jit(separator.init)(jax.random.PRNGKey(1), audio)["params"]
-  transferred = pretrain.transfer_encoder(fresh, mixit_config, "latest")
+  transferred = train.transfer_encoder(fresh, mixit_config, "latest")
   _, saved = checkpoints.load_params(workdir, "latest")
   for name in ("input_projection", "positional_conv", "transformer"):
     jax.tree.map(np.testing.assert_array_equal, transferred[name], saved[name])
@@ -305,7 +306,7 @@ def test_pretraining_beats_interpolation_and_transfers_exactly(clip_folder, tmp_
   # Clear errors naming the workdir.
   mixit_config.init_from = str(tmp_path / "nowhere")
   with pytest.raises(checkpoints.CheckpointError, match="nowhere.*mae_pretrain.py"):
-    pretrain.transfer_encoder(fresh, mixit_config)
+    train.transfer_encoder(fresh, mixit_config)
   mixit_config.init_from = str(workdir)
   mixit_config.model.d_model = 64
   narrow = jax.eval_shape(
@@ -314,10 +315,10 @@ def test_pretraining_beats_interpolation_and_transfers_exactly(clip_folder, tmp_
   with pytest.raises(
     checkpoints.CheckpointError, match=r"mae': input_projection/\w+ is \(.*\) in step 600"
   ):
-    pretrain.transfer_encoder(narrow["params"], mixit_config)
+    train.transfer_encoder(narrow["params"], mixit_config)
   mixit_config.model.hop = 128
   with pytest.raises(checkpoints.CheckpointError, match="model.hop = 64"):
-    pretrain.transfer_encoder(narrow["params"], mixit_config)
+    train.transfer_encoder(narrow["params"], mixit_config)
 
 
 # --------------------------------------------------------------------------------------------
@@ -364,7 +365,7 @@ def test_the_quick_pretraining_step_compiles():
   optimizer = train.create_optimizer(config)
   mesh = train.create_mesh(jax.devices()[:1])
   state, batch, rng = train.abstract_train_inputs(config, model, optimizer, mesh)
-  step = pretrain.compile_mae_train_step(config, model, optimizer, mesh)
+  step = train.compile_train_step(config, model, optimizer, mesh)
   compiled = step.lower(state, {"mom": batch["mom"]}, rng).compile()
   new_state, metrics = compiled.out_info
   assert jax.tree.structure(new_state) == jax.tree.structure(state)

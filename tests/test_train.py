@@ -19,6 +19,10 @@ import numpy as np
 import pytest
 
 from trackformer_jax import checkpoints, train
+from trackformer_jax.training import loop
+from trackformer_jax.training import state as state_lib
+from trackformer_jax.training import workdir as workdir_lib
+from trackformer_jax.training.tasks import mixit as mixit_task
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 # Experiment configs import ``configs.default``; plain ``pytest`` does not put the root on
@@ -80,7 +84,7 @@ def test_twenty_steps_lower_the_loss_and_write_everything(tiny_musdb, tmp_path):
     assert train_rows[-1][f"train/{name}"] > 0, name
   # The tiny corpus has stems, so every stem score is there, and the diagnostics are in range.
   last_eval = eval_rows[20]
-  for stem in train.STEM_NAMES:
+  for stem in mixit_task.STEM_NAMES:
     assert np.isfinite(last_eval[f"eval/stem_si_snri_db_{stem}"]), stem
   assert np.isfinite(last_eval["eval/usdr_db"])
   # The NMF baseline on the same clips, computed once: the same at every validation.
@@ -157,7 +161,7 @@ def test_non_finite_steps_are_skipped_and_a_run_of_them_stops(tiny_musdb, tmp_pa
     checkpoint_every_steps=2,
     max_consecutive_nonfinite=3,
   )
-  real_batches = train._train_batches
+  real_batches = loop.train_batches
   poisoned = {1, 4, 5, 6, 7, 8, 9}  # one isolated bad batch, then a run of them
 
   def batches_with_nan(config, start_step):
@@ -166,7 +170,7 @@ def test_non_finite_steps_are_skipped_and_a_run_of_them_stops(tiny_musdb, tmp_pa
         batch = dict(batch, mom=batch["mom"] * np.nan)
       yield batch
 
-  monkeypatch.setattr(train, "_train_batches", batches_with_nan)
+  monkeypatch.setattr(loop, "train_batches", batches_with_nan)
   workdir = tmp_path / "run"
   with pytest.raises(train.NonFiniteError, match="3 consecutive steps had a non-finite"):
     train.train_and_evaluate(config, workdir)
@@ -196,14 +200,14 @@ def test_a_skipped_step_changes_nothing_but_the_counters(tiny_musdb):
   before = jax.device_get(state)
   batch = next(input_pipeline.train_batches(config))
   bad = {"mom": batch["mom"] * np.inf, "mixtures": batch["mixtures"]}
-  state, metrics = step_fn(state, train._to_global(bad, mesh), jax.random.PRNGKey(1))
+  state, metrics = step_fn(state, state_lib.to_global(bad, mesh), jax.random.PRNGKey(1))
   assert float(metrics["skipped"]) == 1.0
   assert int(state.step) == 1 and int(state.nonfinite_steps) == 1
   assert int(state.consecutive_nonfinite) == 1
   assert_trees_equal(state.params, before.params)
   assert_trees_equal(state.opt_state, before.opt_state)
   good = {"mom": batch["mom"], "mixtures": batch["mixtures"]}
-  state, metrics = step_fn(state, train._to_global(good, mesh), jax.random.PRNGKey(2))
+  state, metrics = step_fn(state, state_lib.to_global(good, mesh), jax.random.PRNGKey(2))
   assert float(metrics["skipped"]) == 0.0
   assert int(state.consecutive_nonfinite) == 0 and int(state.nonfinite_steps) == 1
   moved = jax.tree.map(lambda a, b: not np.array_equal(a, b), state.params, before.params)
@@ -222,7 +226,7 @@ def test_the_moving_average_follows_good_steps_only(tiny_musdb):
   p0 = jax.device_get(state.params)
   assert_trees_equal(state.ema_params, p0)  # the average starts at the initial weights
   batch = next(input_pipeline.train_batches(config))
-  good = train._to_global({"mom": batch["mom"], "mixtures": batch["mixtures"]}, mesh)
+  good = state_lib.to_global({"mom": batch["mom"], "mixtures": batch["mixtures"]}, mesh)
   state, _ = step_fn(state, good, jax.random.PRNGKey(1))
   p1 = jax.device_get(state.params)
   # Step 0's decay is ramped down to min(0.5, 1/10): the average mostly takes the new weights.
@@ -230,7 +234,7 @@ def test_the_moving_average_follows_good_steps_only(tiny_musdb):
   for got, want in zip(jax.tree.leaves(state.ema_params), jax.tree.leaves(expected)):
     np.testing.assert_allclose(np.asarray(got), want, rtol=1e-6, atol=1e-7)
   ema1 = jax.device_get(state.ema_params)
-  bad = train._to_global({"mom": batch["mom"] * np.inf, "mixtures": batch["mixtures"]}, mesh)
+  bad = state_lib.to_global({"mom": batch["mom"] * np.inf, "mixtures": batch["mixtures"]}, mesh)
   state, metrics = step_fn(state, bad, jax.random.PRNGKey(2))
   assert float(metrics["skipped"]) == 1.0
   assert_trees_equal(state.ema_params, ema1)
@@ -251,6 +255,7 @@ _STEPS_IN_SUBPROCESS = textwrap.dedent(
   sys.path.insert(0, sys.argv[1])
   from configs import test as test_config
   from trackformer_jax import input_pipeline, models, train
+  from trackformer_jax.training import state as state_lib
   assert jax.device_count() == int(sys.argv[4]), jax.devices()
   config = test_config.get_config()
   config.update_from_flattened_dict(json.loads(sys.argv[3]))
@@ -263,7 +268,7 @@ _STEPS_IN_SUBPROCESS = textwrap.dedent(
   for step in range(3):
     batch = {name: value for name, value in next(batches).items() if name != "stems"}
     rng = jax.random.fold_in(state.rng, step)
-    state, _ = step_fn(state, train._to_global(batch, mesh), rng)
+    state, _ = step_fn(state, state_lib.to_global(batch, mesh), rng)
   leaves = jax.tree.leaves(jax.device_get(state.params))
   np.savez(sys.argv[2], *leaves)
   """
@@ -355,7 +360,7 @@ def test_the_cli_reports_a_bad_config_in_one_line(tiny_musdb, tmp_path):
 def test_a_second_training_on_a_busy_workdir_refuses(tiny_musdb, tmp_path):
   workdir = tmp_path / "run"
   workdir.mkdir()
-  lock = train._lock_workdir(workdir)
+  lock = workdir_lib.lock_workdir(workdir)
   try:
     with pytest.raises(train.WorkdirError, match="another training"):
       train.train_and_evaluate(load_test_config(f"musdb:{tiny_musdb}"), workdir)
@@ -393,14 +398,14 @@ def test_resuming_as_another_model_is_refused_by_field(tiny_musdb, tmp_path):
   # Another schedule, interval or dataset is a continuation, not another model.
   longer = load_test_config(f"musdb:{tiny_musdb}", num_train_steps=saved.num_train_steps * 2)
   longer.eval_every_steps = 7
-  train._check_same_model(tmp_path, longer)
+  workdir_lib.check_same_model(tmp_path, longer)
   newer = load_test_config(f"musdb:{tiny_musdb}")
   newer.model.a_field_added_later = 1  # a newer version's field, absent from config.json
-  train._check_same_model(tmp_path, newer)
+  workdir_lib.check_same_model(tmp_path, newer)
   other = load_test_config(f"musdb:{tiny_musdb}")
   other.model.hop = saved.model.hop * 2  # same parameter shapes: would restore silently
   with pytest.raises(train.WorkdirError) as error:
-    train._check_same_model(tmp_path, other)
+    workdir_lib.check_same_model(tmp_path, other)
   message = str(error.value)
   assert "\n" not in message and message.startswith(f"{tmp_path}: ")
   assert f"model.hop {saved.model.hop} -> {other.model.hop}" in message

@@ -243,7 +243,8 @@ def read_config(workdir: str | pathlib.Path) -> ml_collections.ConfigDict:
   return ml_collections.ConfigDict(fields)
 
 
-def _choose_step(manager: ocp.CheckpointManager, which: str | int) -> int:
+def choose_step(manager: ocp.CheckpointManager, which: str | int) -> int:
+  """The saved step ``which`` names: "latest", "best" (the latest if none is best) or a number."""
   steps = manager.all_steps()
   if not steps:
     raise CheckpointError(f"{manager.directory}: no checkpoint saved yet")
@@ -291,7 +292,7 @@ def load_weights(
   config = read_config(workdir)
   manager = create_manager(workdir, read_only=True)
   try:
-    step = _choose_step(manager, which)
+    step = choose_step(manager, which)
     step_dir = pathlib.Path(manager.directory) / str(step)
     item = "ema_params" if weights == "ema" and (step_dir / "ema_params").is_dir() else "params"
     # The manager itself knows no handler for its items until one is used, so it has no

@@ -89,7 +89,7 @@ _FIELDS_OUTSIDE_THE_STEP = (
 
 @dataclasses.dataclass(frozen=True)
 class CompiledStep:
-  """``train.train_step`` of one config, compiled for one device as the trainer compiles it."""
+  """``training.steps.train_step`` of one config, compiled for one device as training does."""
 
   model: Any
   optimizer: Any

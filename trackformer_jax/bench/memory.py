@@ -1,6 +1,6 @@
 """Memory suite: compiled memory of one training step, Performer vs Conv-TasNet vs dense.
 
-The step is ``train.train_step`` itself (MixIT + diversity + sparsity, gradient, clipping,
+The step is ``training.steps.train_step`` itself (MixIT + diversity + sparsity, gradient, clipping,
 AdamW, the non-finite guard), lowered from abstract inputs and compiled for one device with
 the state donated, exactly as the trainer compiles it; nothing is allocated, so a CPU reports
 sizes no CPU could run. The figure is per device at the config's batch (4).
@@ -24,7 +24,7 @@ CONVTASNET_OOM_GIB = 32.0  # the seed's card: its 30 s Conv-TasNet did not fit
 
 
 def step_memory_bytes(config: ml_collections.ConfigDict) -> dict[str, int]:
-  """Bytes XLA assigns to one ``train.train_step`` of ``config`` on one device.
+  """Bytes XLA assigns to one ``training.steps.train_step`` of ``config`` on one device.
 
   Returns argument, output, temp and alias bytes and ``peak_bytes`` (their sum less the
   aliases: the donated state's buffers are reused for the new state).

@@ -8,7 +8,7 @@ stretched over 10^6 steps, so it is flat within a cell). Every cell trains for t
 wall-clock budget (``--seed-budget``, compilation excluded) and is scored before training (the
 control: the same initialisation) and after, on the same fixed evaluation set
 (``--seed-eval-examples`` examples of ``--seed-eval-seconds`` from the test split), stems
-rebuilt by the best assignment of the model's outputs (``train.eval_step``), whatever
+rebuilt by the best assignment of the model's outputs (the MixIT task's ``eval_step``), whatever
 segment length the cell trained on.
 
 * Table 1: stem SI-SNR improvement, Performer vs Conv-TasNet, 3/5/10/30 s segments. A length
@@ -37,6 +37,9 @@ from trackformer_jax import input_pipeline, train
 from trackformer_jax.bench.experiments import load_config, reduced_config
 from trackformer_jax.bench.measure import compiled_train_step
 from trackformer_jax.bench.options import BenchOptions
+from trackformer_jax.training import steps as steps_lib
+from trackformer_jax.training import transfer as transfer_lib
+from trackformer_jax.training.tasks import mixit as mixit_task
 
 SECONDS = (3, 5, 10, 30)
 SMOKE_SECONDS = (0.5,)
@@ -58,10 +61,12 @@ _EVAL_STEPS: dict[str, object] = {}
 
 
 def compiled_eval_step(eval_config: ml_collections.ConfigDict, model):
-  """``train.eval_step`` jitted once per evaluation config (cells of one model share it)."""
+  """MixIT's ``eval_step`` jitted once per evaluation config (cells of one model share it)."""
   key = eval_config.model.to_json() + f"{eval_config.snr_max_db}{eval_config.silence_threshold_db}"
   if key not in _EVAL_STEPS:
-    _EVAL_STEPS[key] = jax.jit(functools.partial(train.eval_step, model=model, config=eval_config))
+    _EVAL_STEPS[key] = jax.jit(
+      functools.partial(mixit_task.eval_step, model=model, config=eval_config)
+    )
   return _EVAL_STEPS[key]
 
 
@@ -88,7 +93,7 @@ def train_cell(
   eval_config = evaluation_config(config, options)
   eval_fn = compiled_eval_step(eval_config, compiled.model)
   eval_batches = list(input_pipeline.eval_batches(eval_config, split="test"))
-  control = train.evaluate(state.params, eval_fn, eval_batches, compiled.mesh)
+  control = steps_lib.evaluate(state.params, eval_fn, eval_batches, compiled.mesh, eval_config)
 
   step_fn = compiled.executable
   batches = input_pipeline.train_batches(config, with_stems=False)
@@ -103,7 +108,7 @@ def train_cell(
     jax.block_until_ready(metrics)
     steps += 1
   train_seconds = time.perf_counter() - start
-  trained = train.evaluate(state.params, eval_fn, eval_batches, compiled.mesh)
+  trained = steps_lib.evaluate(state.params, eval_fn, eval_batches, compiled.mesh, eval_config)
   record = {
     "model": config.model.name,
     "segment_seconds": float(config.segment_seconds),
@@ -145,8 +150,6 @@ def full_size_memory(results: dict, model_name: str, seconds: float, budget_gib:
 
 def pretrain_encoder(config: ml_collections.ConfigDict, steps: int, workdir: pathlib.Path) -> float:
   """Audio-MAE pre-training of ``config``'s Performer for ``steps`` steps; returns seconds."""
-  from trackformer_jax import pretrain
-
   mae_config = load_config("mae_pretrain")
   for field in ("sample_rate_hz", "channels", "segment_seconds", "batch_size", "learning_rate"):
     mae_config[field] = config[field]
@@ -159,7 +162,7 @@ def pretrain_encoder(config: ml_collections.ConfigDict, steps: int, workdir: pat
   mae_config.log_every_steps = max(steps // 4, 1)
   mae_config.num_eval_examples = 4
   start = time.perf_counter()
-  pretrain.pretrain_and_evaluate(mae_config, workdir)
+  train.train_and_evaluate(mae_config, workdir)  # task mae
   return time.perf_counter() - start
 
 
@@ -169,17 +172,13 @@ def mae_cells(options: BenchOptions, scratch: dict, budget: float, data: str) ->
   Pre-training gets as many steps as the scratch cell took in its budget (the MAE step
   costs about as much as a MixIT step), so it too takes about one budget of wall clock.
   """
-  try:
-    from trackformer_jax import pretrain
-  except ImportError as error:  # the Audio-MAE issue not merged
-    return [{"table": "table3", "mae_init": True, "status": f"not run: {error}"}]
   config = reduced_config("performer", scratch["segment_seconds"], options.smoke)
   config.data = data
   steps = max(int(scratch["steps"]), 2)
   with tempfile.TemporaryDirectory(prefix="bench-mae-") as workdir:
     pretrain_seconds = pretrain_encoder(config, steps, pathlib.Path(workdir))
     config.init_from = workdir
-    transfer = functools.partial(pretrain.transfer_encoder, config=config, which="latest")
+    transfer = functools.partial(transfer_lib.transfer_encoder, config=config, which="latest")
     record = train_cell(config, options, budget, initial_params_fn=transfer)
   record.update(
     table="table3",

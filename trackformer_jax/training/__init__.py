@@ -1,0 +1,12 @@
+"""Training: one loop (``loop.train_and_evaluate``) for every task in ``tasks``.
+
+errors.py         ConfigError, WorkdirError, NonFiniteError: one-line failures
+config_checks.py  validate_config: every field checked before anything is built
+state.py          TrainState, optimiser, mesh, sharded batches, apply_gradients
+steps.py          train_step / eval_step of the configured task, compiled on the mesh
+workdir.py        the workdir lock, write probe, free-space and same-model checks
+writers.py        metrics.jsonl and TensorBoard writers, peak memory
+transfer.py       transfer_encoder: Audio-MAE weights into a fresh separator
+loop.py           train_and_evaluate: restore, step, log, evaluate, checkpoint
+tasks/            one module per ``config.task``: MixIT (mixit.py), Audio-MAE (mae.py)
+"""

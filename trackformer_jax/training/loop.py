@@ -1,0 +1,250 @@
+"""The training loop, one for every task: ``train_and_evaluate(config, workdir)``.
+
+It checks the config and the workdir, builds the task's model, the optimiser and a
+``TrainState``; restores the newest checkpoint in ``workdir`` if there is one (and then
+continues the same data stream from that step); and loops ``train_step(state, batch, rng)``.
+Every ``eval_every_steps`` it scores the validation split; every ``checkpoint_every_steps``
+(and at each evaluation, so the best step is always on disk) it saves through
+``checkpoints``. What differs between MixIT and Audio-MAE comes from ``tasks``.
+
+Reproducibility: step ``s`` sees batch ``s`` of the input stream and key
+``fold_in(state.rng, s)``, and a skipped step still consumes both; so a run restarted from a
+checkpoint at step ``s`` performs exactly the computations an uninterrupted run performs after
+``s`` (bitwise on the CPU).
+"""
+
+from __future__ import annotations
+
+import os
+import pathlib
+import time
+from collections.abc import Iterable, Iterator
+
+import jax
+import ml_collections
+import numpy as np
+from absl import logging
+from jax.sharding import Mesh
+
+from trackformer_jax import checkpoints
+from trackformer_jax.training import config_checks, steps, tasks, transfer, writers
+from trackformer_jax.training import state as state_lib
+from trackformer_jax.training import workdir as workdir_lib
+from trackformer_jax.training.errors import NonFiniteError
+
+
+def train_batches(config: ml_collections.ConfigDict, start_step: int) -> Iterator[dict]:
+  """The task's training stream from batch ``start_step`` (``input_pipeline.train_batches``)."""
+  from trackformer_jax import input_pipeline
+
+  with_stems = tasks.get_task(config).WITH_STEMS
+  return input_pipeline.train_batches(config, start_step=start_step, with_stems=with_stems)
+
+
+def eval_batches(config: ml_collections.ConfigDict) -> Iterable[dict[str, np.ndarray]]:
+  """The validation batches; iterated afresh at each evaluation, never held in memory."""
+  # Never held: 64 stem-annotated 30 s examples are gigabytes of host memory.
+  from trackformer_jax import input_pipeline
+
+  return input_pipeline.eval_batches(config, split="validation")
+
+
+def train_and_evaluate(
+  config: ml_collections.ConfigDict,
+  workdir: str | os.PathLike,
+  *,
+  stop_after_step: int | None = None,
+) -> state_lib.TrainState:
+  """Trains ``config`` into ``workdir`` (resuming from its newest checkpoint) and returns the state.
+
+  Args:
+    config: see ``configs/default.py``; ``config.task`` picks the task.
+    workdir: checkpoints, ``config.json``, ``metrics.jsonl`` and TensorBoard files go here.
+    stop_after_step: stop (with a checkpoint) once this step is reached, as if the run had
+      been interrupted there; the schedule still follows ``config.num_train_steps``.
+  """
+  workdir = pathlib.Path(workdir)
+  mesh = state_lib.create_mesh()
+  config_checks.validate_config(config, num_devices=mesh.devices.size)
+  workdir_lib.prepare_workdir(workdir)
+  lock = workdir_lib.lock_workdir(workdir) if jax.process_index() == 0 else None
+  try:
+    return _train_holding_lock(config, workdir, mesh, stop_after_step)
+  finally:
+    # Also on an error before the first step: in a notebook, a lock left to the garbage
+    # collector would refuse the corrected retry ("another training is using this workdir").
+    if lock is not None:
+      lock.close()
+
+
+def _restore_or_init(config, workdir, abstract_state, model, optimizer, mesh, manager):
+  """(state, resumed): the newest checkpoint of the same model, else a fresh state."""
+  if manager.all_steps():
+    workdir_lib.check_same_model(workdir, config)
+  state = checkpoints.restore_latest(manager, abstract_state, state_lib.TrainState)
+  if state is not None:
+    return state, True
+  state = state_lib.init_train_state(config, model, optimizer, mesh)
+  if config.get("init_from", ""):
+    # Audio-MAE weights into the fresh params; Adam's moments start at zero either way.
+    params = transfer.transfer_encoder(state.params, config)
+    # The average starts from the transferred weights too, not from the random ones.
+    ema = None if state.ema_params is None else params
+    state = state.replace(params=params, ema_params=ema)
+  return state, False
+
+
+def _train_holding_lock(
+  config: ml_collections.ConfigDict,
+  workdir: pathlib.Path,
+  mesh: Mesh,
+  stop_after_step: int | None,
+) -> state_lib.TrainState:
+  task = tasks.get_task(config)
+  host = state_lib.host_value
+  logging.info(
+    "host %d/%d, %d local of %d devices (%s); task %s; workdir %s",
+    jax.process_index(),
+    jax.process_count(),
+    jax.local_device_count(),
+    jax.device_count(),
+    jax.devices()[0].platform,
+    config.get("task", "mixit"),
+    workdir,
+  )
+
+  model = task.create_model(config)
+  optimizer = state_lib.create_optimizer(config)
+  abstract_state, _, _ = state_lib.abstract_train_inputs(config, model, optimizer, mesh)
+  workdir_lib.check_free_space(workdir, abstract_state, config.keep_checkpoints)
+  manager = checkpoints.create_manager(workdir, config.keep_checkpoints)
+  state, resumed = _restore_or_init(
+    config, workdir, abstract_state, model, optimizer, mesh, manager
+  )
+  if jax.process_index() == 0:
+    checkpoints.write_config(workdir, config)
+  start_step = int(host(state.step))
+  # Step keys are derived on the host's CPU device: deriving them on the accelerator would
+  # queue behind the running step and make the host wait for it.
+  base_rng = jax.device_put(host(state.rng), jax.local_devices(backend="cpu")[0])
+  writer = writers.create_writer(workdir, start_step if resumed else None)
+  if resumed:
+    logging.info("resuming at step %d", start_step)
+  else:
+    num_params = sum(leaf.size for leaf in jax.tree.leaves(state.params))
+    logging.info("model %s: %.2fM parameters", config.model.name, num_params / 1e6)
+
+  step_fn = steps.compile_train_step(config, model, optimizer, mesh)
+  validation = eval_batches(config)
+  eval_fn = steps.compile_eval_step(config, model, mesh)
+
+  last_step = config.num_train_steps
+  if stop_after_step is not None:
+    last_step = min(last_step, stop_after_step)
+
+  baselines: dict[str, float] | None = None
+
+  def run_eval(step: int) -> dict[str, float]:
+    nonlocal baselines
+    scores = steps.evaluate(state.eval_params, eval_fn, validation, mesh, config)
+    if scores:
+      scores["best_score"] = task.best_score(scores)
+      if baselines is None:
+        # Baselines do not train: computed once, on the same clips.
+        baselines = task.eval_baselines(config, validation, scores)
+      scores.update(baselines)
+      writer.write_scalars(step, {f"eval/{name}": value for name, value in scores.items()})
+      logging.info("eval step %d: %s", step, task.format_eval_log(scores))
+    return scores
+
+  if not resumed and start_step < last_step:
+    # The untrained control: the first point of the curve, and what training must beat.
+    run_eval(start_step)
+
+  batches = train_batches(config, start_step)
+  accumulated: list[dict[str, jax.Array]] = []
+  interval_start, interval_steps, paused = time.perf_counter(), 0, 0.0
+  run_start, run_start_step = time.perf_counter(), start_step
+  step = start_step
+  previous_metrics = None
+  try:
+    while step < last_step:
+      batch = next(batches)
+      batch = state_lib.to_global({name: batch[name] for name in task.TRAIN_FIELDS}, mesh)
+      step_rng = np.asarray(jax.random.fold_in(base_rng, step))
+      state, metrics = step_fn(state, batch, step_rng)
+      step += 1
+      interval_steps += 1
+      accumulated.append(metrics)
+      if step == start_step + 1:
+        # Time from the end of the first step: it includes compilation, which would
+        # otherwise drag the first steps/s and ETA down.
+        jax.block_until_ready(metrics)
+        interval_start, interval_steps, paused = time.perf_counter(), 0, 0.0
+        run_start, run_start_step = interval_start, step
+      # Read the previous step's counters, not this one's, so the host never waits on the
+      # step it just launched; a run of skipped steps stops at most one step late.
+      if previous_metrics is not None:
+        consecutive = int(host(previous_metrics["consecutive_nonfinite"]))
+        if consecutive >= config.max_consecutive_nonfinite:
+          raise NonFiniteError(
+            f"stopped at step {step - 1}: {consecutive} consecutive steps had a non-finite "
+            f"loss or gradient (config.max_consecutive_nonfinite = "
+            f"{config.max_consecutive_nonfinite}); the last good checkpoint in "
+            f"{workdir / checkpoints.CHECKPOINT_DIR} is kept"
+          )
+      previous_metrics = metrics
+
+      is_eval = step % config.eval_every_steps == 0 or step == config.num_train_steps
+      is_checkpoint = step % config.checkpoint_every_steps == 0 or step == last_step
+      if step % config.log_every_steps == 0 or step == last_step:
+        averaged = {
+          name: float(np.mean([host(metrics[name]) for metrics in accumulated]))
+          for name in accumulated[-1]
+        }
+        # Counters are states, not rates: report their newest value.
+        for name in ("nonfinite_steps", "consecutive_nonfinite"):
+          averaged[name] = float(host(accumulated[-1][name]))
+        accumulated = []
+        elapsed = time.perf_counter() - interval_start - paused
+        steps_per_second = interval_steps / max(elapsed, 1e-9) if interval_steps else 0.0
+        overall = (step - run_start_step) / max(time.perf_counter() - run_start, 1e-9)
+        scalars = {f"train/{name}": float(value) for name, value in averaged.items()}
+        scalars["train/steps_per_second"] = steps_per_second
+        scalars["train/examples_per_second"] = steps_per_second * config.batch_size
+        scalars["train/peak_memory_gib"] = writers.peak_memory_bytes() / 2**30
+        writer.write_scalars(step, scalars)
+        logging.info(
+          "step %d/%d | %.2f steps/s %.1f ex/s | ETA %s | lr %.2e | grad %.3f | %s "
+          "| skipped %d | peak mem %.2f GiB",
+          step,
+          config.num_train_steps,
+          steps_per_second,
+          steps_per_second * config.batch_size,
+          writers.format_duration((config.num_train_steps - step) / max(overall, 1e-9)),
+          averaged["learning_rate"],
+          averaged["grad_norm"],
+          task.format_train_log(averaged),
+          int(averaged["nonfinite_steps"]),
+          scalars["train/peak_memory_gib"],
+        )
+        interval_start, interval_steps, paused = time.perf_counter(), 0, 0.0
+
+      if is_eval or is_checkpoint:
+        pause_start = time.perf_counter()
+        # Never checkpoint in the middle of a run of skipped steps: the params are those of
+        # the last good step anyway, and the stop message promises that checkpoint is kept.
+        if int(host(state.consecutive_nonfinite)) == 0:
+          scores = run_eval(step) if is_eval else {}
+          checkpoint_metrics = {"best_score": scores["best_score"]} if scores else None
+          checkpoints.save(manager, state, step, checkpoint_metrics)
+          # Rows up to a checkpoint must be on disk before a kill can strike: a restart keeps
+          # only the rows up to its checkpoint, so buffered ones would be lost for good.
+          writer.flush()
+        paused += time.perf_counter() - pause_start
+  finally:
+    manager.wait_until_finished()
+    manager.close()
+    writer.flush()
+    writer.close()
+  return state
