@@ -11,15 +11,14 @@ WORKDIR=runs/quick
 echo "== 1/6 setup (.venv, FluidSynth, SoundFonts)"
 bash launch/setup.sh
 
-echo "== 2/6 the bundled corpus (data/chorales, three SoundFonts) and held-out songs (data/heldout);"
-echo "   rendered once"
-read -r tracks seconds < <(.venv/bin/python -c \
-  'from trackformer_jax.data import render; print(render.QUICKSTART_TRACKS, render.QUICKSTART_SECONDS)')
-.venv/bin/python -m trackformer_jax.data.render --out data/chorales --tracks "$tracks" \
-  --seconds "$seconds"
-# The test-split songs among the first 120 scores (about two dozen; training reads only the
-# train split), rendered with another SoundFont and another seed (instruments, tempi, keys):
-# music the model has not heard, played differently from everything it trained on.
+echo "== 2/6 the bundled corpus (data/bundled: arranged songs in thirteen styles, chorales) and"
+echo "   held-out songs of each kind, rendered with a SoundFont training never hears; rendered once"
+.venv/bin/python -m trackformer_jax.data.bundled --out data/bundled
+# Held-out sets: the test-split songs of other seeds, rendered with TimGM6mb, which no
+# training corpus uses: music the model has not heard, played differently from all it trained
+# on. Training reads only the train splits; validation reads data/bundled's test splits.
+.venv/bin/python -m trackformer_jax.data.songs --out data/heldout_songs --tracks 120 \
+  --seconds 20 --only-split test --seed 1 --soundfont /usr/share/sounds/sf2/TimGM6mb.sf2
 .venv/bin/python -m trackformer_jax.data.render --out data/heldout --tracks 120 --seconds 20 \
   --only-split test --soundfont /usr/share/sounds/sf2/TimGM6mb.sf2 --seed 1
 
@@ -37,7 +36,8 @@ rows = [json.loads(line) for line in (pathlib.Path(sys.argv[1]) / "metrics.jsonl
 evals = {row["step"]: row for row in rows if "eval/mom_si_snri_db" in row}
 columns = [("mom_si_snri_db", "MoM SI-SNRi")] + [
   (f"stem_si_snri_db_{stem}", stem) for stem in ("vocals", "bass", "drums", "other")
-] + [("stem_si_snri_db", "stem mean"), ("usdr_db", "uSDR"), ("effective_masks", "masks used")]
+] + [("stem_si_snri_db", "stem mean"), ("nmf_stem_si_snri_db", "NMF mean"), ("usdr_db", "uSDR"),
+      ("effective_masks", "masks used")]
 print(f"{'step':>6} " + " ".join(f"{title:>11}" for _, title in columns))
 for step in sorted(evals):
   print(f"{step:>6} " + " ".join(f"{evals[step].get('eval/' + key, float('nan')):>11.2f}"
@@ -51,21 +51,20 @@ if len(evals) > 1:
 PY
 
 echo
-# The last checkpoint, not the "best": 32 validation clips are too few to choose among
-# checkpoints (README), and the held-out figures there were measured on the last one.
-echo "== 4/6 evaluating $WORKDIR (last checkpoint) on whole songs against its untrained control:"
-echo "   5 of the corpus's 25 test songs, then the held-out songs rendered with another SoundFont"
-.venv/bin/python -m trackformer_jax.evaluate --workdir "$WORKDIR" --checkpoint latest \
-  --data chorales:data/chorales --split test --max-tracks 5 --out "$WORKDIR/eval/results.json" \
-  --no-progress
-.venv/bin/python -m trackformer_jax.evaluate --workdir "$WORKDIR" --checkpoint latest \
-  --data chorales:data/heldout --split test --out "$WORKDIR/eval/heldout.json" --no-progress
+# The last checkpoint, not the "best": validation clips are too few to choose among
+# checkpoints, and the held-out figures in the README were measured on the last one.
+echo "== 4/6 evaluating $WORKDIR (last checkpoint) on the held-out songs, whole, against its"
+echo "   untrained control, an NMF baseline and the ideal-ratio-mask ceiling"
+for heldout in heldout_songs heldout; do
+  .venv/bin/python -m trackformer_jax.evaluate --workdir "$WORKDIR" --checkpoint latest \
+    --data "chorales:data/$heldout" --split test --out "$WORKDIR/eval/$heldout.json" --no-progress
+done
 
 echo "== 5/6 exporting $WORKDIR (last checkpoint) to exported/quick"
 .venv/bin/python -m trackformer_jax.export --workdir "$WORKDIR" --checkpoint latest \
   --out exported/quick --overwrite
 
-song=$(find data/chorales/test -name mixture.wav | sort | head -n 1)
+song=$(find data/heldout_songs/test -name mixture.wav | sort | head -n 1)
 echo "== 6/6 separating $song with the exported model"
 .venv/bin/python -m trackformer_jax.separate "$song" --model exported/quick -o separated --plots
 
@@ -73,15 +72,17 @@ elapsed=$(( $(date +%s) - started ))
 cat <<EOF
 
 == done in $((elapsed / 60)) min $((elapsed % 60)) s. Where everything went:
-  data/chorales/               the bundled corpus (MUSDB18-HQ layout: train/, test/)
+  data/bundled/                the bundled corpus: songs/ and chorales/ (MUSDB18-HQ layout)
   ~/.cache/trackformer_jax/    MuseScore General Lite decompressed for FluidSynth (216 MB)
-  data/heldout/test/           held-out songs, another SoundFont (evaluation only)
+  data/heldout_songs/test/     held-out arranged songs, another SoundFont (evaluation only)
+  data/heldout/test/           held-out chorales, another SoundFont (evaluation only)
   $WORKDIR/checkpoints/      orbax checkpoints (the last few and the best)
   $WORKDIR/config.json       the exact config of this run
   $WORKDIR/metrics.jsonl     every logged number, one JSON object per line
   $WORKDIR/tensorboard/      view with: .venv/bin/tensorboard --logdir $WORKDIR/tensorboard
-  $WORKDIR/eval/             results.json (5 test songs), heldout.json (held-out songs),
-                               each with a Markdown table and a PNG of per-stem scores
+  $WORKDIR/eval/             heldout_songs.json, heldout.json: per-stem scores of the model,
+                               its control, NMF and the ceiling, each with a Markdown table
+                               and a PNG
   exported/quick/              the exported model (params, config, metadata)
   separated/quick/             the separated test song: one WAV per output, and a PNG
 EOF
