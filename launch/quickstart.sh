@@ -12,7 +12,8 @@ echo "== 1/6 setup (.venv, FluidSynth, SoundFonts)"
 bash launch/setup.sh
 
 echo "== 2/6 the bundled corpus (data/bundled: arranged songs in thirteen styles, chorales) and"
-echo "   held-out songs of each kind, rendered with a SoundFont training never hears; rendered once"
+echo "   held-out songs of each kind (rendered with a SoundFont training never hears) and held-out"
+echo "   tracker modules; rendered once"
 .venv/bin/python -m trackformer_jax.data.bundled --out data/bundled
 # Held-out sets: the test-split songs of other seeds, rendered with TimGM6mb, which no
 # training corpus uses: music the model has not heard, played differently from all it trained
@@ -21,6 +22,10 @@ echo "   held-out songs of each kind, rendered with a SoundFont training never h
   --seconds 20 --only-split test --seed 1 --soundfont /usr/share/sounds/sf2/TimGM6mb.sf2
 .venv/bin/python -m trackformer_jax.data.render --out data/heldout --tracks 120 --seconds 20 \
   --only-split test --soundfont /usr/share/sounds/sf2/TimGM6mb.sf2 --seed 1
+# Music written by people with real sampled instruments: the held-out tracker modules (the
+# test split, one 30 s excerpt each), rendered instrument by instrument.
+.venv/bin/python -m trackformer_jax.data.modules --out data/heldout_modules --only-split test \
+  --max-excerpts 1
 
 echo "== 3/6 training configs/quick.py into $WORKDIR (about 15 minutes on 2 CPU cores)"
 .venv/bin/python -m trackformer_jax.main --config=configs/quick.py --workdir="$WORKDIR" "$@"
@@ -55,7 +60,7 @@ echo
 # checkpoints, and the held-out figures in the README were measured on the last one.
 echo "== 4/6 evaluating $WORKDIR (last checkpoint) on the held-out songs, whole, against its"
 echo "   untrained control, an NMF baseline and the ideal-ratio-mask ceiling"
-for heldout in heldout_songs heldout; do
+for heldout in heldout_songs heldout heldout_modules; do
   .venv/bin/python -m trackformer_jax.evaluate --workdir "$WORKDIR" --checkpoint latest \
     --data "chorales:data/$heldout" --split test --out "$WORKDIR/eval/$heldout.json" --no-progress
 done
@@ -76,13 +81,14 @@ cat <<EOF
   ~/.cache/trackformer_jax/    MuseScore General Lite decompressed for FluidSynth (216 MB)
   data/heldout_songs/test/     held-out arranged songs, another SoundFont (evaluation only)
   data/heldout/test/           held-out chorales, another SoundFont (evaluation only)
+  data/heldout_modules/test/   held-out tracker modules, stems by instrument (evaluation only)
   $WORKDIR/checkpoints/      orbax checkpoints (the last few and the best)
   $WORKDIR/config.json       the exact config of this run
   $WORKDIR/metrics.jsonl     every logged number, one JSON object per line
   $WORKDIR/tensorboard/      view with: .venv/bin/tensorboard --logdir $WORKDIR/tensorboard
-  $WORKDIR/eval/             heldout_songs.json, heldout.json: per-stem scores of the model,
-                               its control, NMF and the ceiling, each with a Markdown table
-                               and a PNG
+  $WORKDIR/eval/             heldout_songs.json, heldout.json, heldout_modules.json: per-stem
+                               scores of the model, its control, NMF and the ceiling, each
+                               with a Markdown table and a PNG
   exported/quick/              the exported model (params, config, metadata)
   separated/quick/             the separated test song: one WAV per output, and a PNG
 EOF

@@ -228,3 +228,25 @@ def test_only_split_renders_that_split_alone(tmp_path):
     tmp_path / "b", [str(tmp_path / "in")], only_split=split, **common
   )
   assert left_out == [] and len(kept) == 1 and f"/{split}/" in kept[0]
+
+
+def test_bundled_takes_the_training_modules_only(tmp_path):
+  from trackformer_jax.data import bundled, sources
+
+  (tmp_path / "in").mkdir()
+  # By their names' hashes, tune.mod is a training module and tiny.mod a held-out one.
+  assert render.split_of_song("tune.mod") == "train" and render.split_of_song("tiny.mod") == "test"
+  for name in ("tune.mod", "tiny.mod"):
+    (tmp_path / "in" / name).write_bytes(tiny_mod())
+  counts = bundled.build(
+    tmp_path / "b",
+    num_songs=0,
+    num_chorales=0,
+    seconds=8.0,  # the modules' default shortest excerpt
+    progress=False,
+    with_modules=True,
+    module_sources=[str(tmp_path / "in")],
+  )
+  assert counts == {"modules": 1}
+  source = sources.open_source(f"bundled:{tmp_path / 'b'}", sample_rate_hz=8000, channels=1)
+  assert [t.track_id for t in source.tracks] == ["modules/train/local-tune-0"]

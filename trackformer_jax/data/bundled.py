@@ -4,7 +4,11 @@
 from Debian packages by its own renderer:
 
 * ``songs/``: arranged songs in thirteen styles with production (``data.songs``);
-* ``chorales/``: four-part chorales and other polyphony from music21 (``data.render``).
+* ``chorales/``: four-part chorales and other polyphony from music21 (``data.render``);
+* ``modules/`` (with ``--modules``; not in the quickstart's, whose half hour it would
+  overrun): the training split of the tracker modules that Debian's game packages ship,
+  rendered instrument by instrument (``data.modules``). Their test split is never rendered
+  here: it is the quickstart's held-out set of music written by people.
 
 The data spec ``bundled`` (or ``bundled:PATH``) reads every such sub-corpus of the folder as
 one source; ``chorales`` still names the chorales alone.
@@ -12,6 +16,7 @@ one source; ``chorales`` still names the chorales alone.
 Command line (what the quickstart runs; finished tracks are skipped, so it resumes)::
 
   python -m trackformer_jax.data.bundled --out data/bundled
+  python -m trackformer_jax.data.bundled --out data/bundled_full --songs 640 --modules
 """
 
 from __future__ import annotations
@@ -51,8 +56,13 @@ def build(
   seed: int = 0,
   jobs: int = 1,
   progress: bool = True,
+  with_modules: bool = False,
+  module_sources=None,
 ) -> dict[str, int]:
-  """Renders (or finishes) the corpus in ``root`` -> ``{sub-corpus: number of tracks}``."""
+  """Renders (or finishes) the corpus in ``root`` -> ``{sub-corpus: number of tracks}``.
+
+  ``module_sources``: folders or files of tracker modules (default: the Debian packages').
+  """
   root = Path(root)
   counts = {}
   if num_songs:
@@ -63,6 +73,15 @@ def build(
       root / "chorales", num_chorales, seconds, seed, jobs, progress=progress
     )
     counts["chorales"] = len(folders)
+  if with_modules:
+    from trackformer_jax.data import modules
+
+    folders, problems = modules.render_corpus(
+      root / "modules", module_sources, seconds, progress=progress, only_split="train"
+    )
+    for problem in problems:
+      print(f"warning: {problem}", file=sys.stderr)
+    counts["modules"] = len(folders)
   return counts
 
 
@@ -77,6 +96,9 @@ def main(argv: list[str] | None = None) -> int:
   parser.add_argument("--seconds", type=float, default=QUICKSTART_SECONDS)
   parser.add_argument("--seed", type=int, default=0)
   parser.add_argument("-j", "--jobs", type=int, default=os.cpu_count() or 1)
+  parser.add_argument(
+    "--modules", action="store_true", help="also the training split of the tracker modules"
+  )
   args = parser.parse_args(argv)
   try:
     counts = build(
@@ -86,6 +108,7 @@ def main(argv: list[str] | None = None) -> int:
       seconds=args.seconds,
       seed=args.seed,
       jobs=args.jobs,
+      with_modules=args.modules,
     )
   except (RuntimeError, FileNotFoundError, ValueError) as e:
     print(f"error: {e}", file=sys.stderr)
