@@ -71,12 +71,12 @@ from trackformer_jax.scoring import (  # noqa: F401 - evaluate's names, as calle
   SILENT_ESTIMATE_FLOOR_DB,
   SILENT_STEM_DB,
   STEM_NAMES,
-  _is_number,
-  _nanmean,
-  _nanmedian,
   all_assignments,
   assign_outputs,
+  is_number,
   is_silent,
+  nanmean,
+  nanmedian,
   nmf_scores,
   oracle_ratio_mask,
   oracle_scores,
@@ -122,7 +122,7 @@ class _SegmentDiagnostics:
         self.overlap.append(float(mask_losses.mask_overlap(masks[i : i + 1])))
 
   def result(self) -> dict[str, float]:
-    return {"mask_overlap": _nanmean(self.overlap), "effective_mask_count": _nanmean(self.count)}
+    return {"mask_overlap": nanmean(self.overlap), "effective_mask_count": nanmean(self.count)}
 
 
 # --------------------------------------------------------------------------------------------
@@ -218,18 +218,18 @@ def nmf_margins(record, stems, mixture, sample_rate_hz, snr_max_db, names) -> di
 
 def aggregate(records: list[dict[str, Any]]) -> dict[str, float]:
   """Means over tracks (NaN-aware); BSSEval SDRs as the median, as SiSEC reports them."""
-  keys = [k for k, v in records[0].items() if _is_number(v)] if records else []
+  keys = [k for k, v in records[0].items() if is_number(v)] if records else []
   for record in records[1:]:
-    keys += [k for k, v in record.items() if _is_number(v) and k not in keys]
+    keys += [k for k, v in record.items() if is_number(v) and k not in keys]
   result: dict[str, float] = {"num_tracks": len(records)}
   for key in keys:
     if key == "duration_seconds":
       continue
     values = np.array([r.get(key, math.nan) for r in records], np.float64)
     if key.startswith("museval_"):
-      result[key] = _nanmedian(values)
+      result[key] = nanmedian(values)
     else:
-      result[key] = _nanmean(values)
+      result[key] = nanmean(values)
   return result
 
 
@@ -288,7 +288,7 @@ def evaluate_workdir(
     control_summary = aggregate(control_records)
     for record, control_record in zip(records, control_records):
       for key, value in control_record.items():
-        if _is_number(value) and key != "duration_seconds":
+        if is_number(value) and key != "duration_seconds":
           record[f"control_{key}"] = value
     for key, value in list(summary.items()):
       if key in control_summary and key != "num_tracks":

@@ -186,7 +186,7 @@ def stem_scores(
         put("museval_sdr_db", k, float(sdr[k]))
   result: dict[str, Any] = {}
   for metric, values in per_stem.items():
-    result[metric] = _nanmean(values)
+    result[metric] = nanmean(values)
     for name, value in zip(stem_names, values):
       result[_stem_key(metric, name)] = value
   result["assignment"] = [stem_names[k] for k in labels]
@@ -209,8 +209,8 @@ def oracle_scores(
     snr.append(si_snr_db(separated[k], stems[k]))
     snri.append(snr[-1] - si_snr_db(mixture, stems[k]))
   result = {
-    "oracle_irm_stem_si_snr_db": _nanmean(snr),
-    "oracle_irm_stem_si_snri_db": _nanmean(snri),
+    "oracle_irm_stem_si_snr_db": nanmean(snr),
+    "oracle_irm_stem_si_snri_db": nanmean(snri),
   }
   for name, a, b in zip(stem_names, snr, snri):
     result[_stem_key("oracle_irm_stem_si_snr_db", name)] = a
@@ -245,11 +245,13 @@ def _stem_key(metric: str, stem: str) -> str:
   return f"{metric}_{stem}"
 
 
-def _is_number(value) -> bool:
+def is_number(value) -> bool:
+  """True for a real number (numpy's too), False for a bool or anything else."""
   return isinstance(value, (int, float, np.floating, np.integer)) and not isinstance(value, bool)
 
 
-def _nanmean(values) -> float:
+def nanmean(values) -> float:
+  """The mean of the non-NaN ``values`` (NaN when there are none)."""
   values = np.asarray(values, np.float64)
   finite = values[~np.isnan(values)]
   return float(finite.mean()) if finite.size else math.nan
@@ -262,7 +264,8 @@ def standard_error(values) -> float:
   return float(finite.std(ddof=1) / math.sqrt(finite.size)) if finite.size > 1 else math.nan
 
 
-def _nanmedian(values) -> float:
+def nanmedian(values) -> float:
+  """The median of the non-NaN ``values`` (NaN when there are none)."""
   values = np.asarray(values, np.float64)
   finite = values[~np.isnan(values)]
   return float(np.median(finite)) if finite.size else math.nan
@@ -277,7 +280,7 @@ def validation_nmf_scores(
   floor_db: float,
   stem_names: Sequence[str] = STEM_NAMES,
 ) -> dict[str, float]:
-  """The NMF baseline on training's validation clips, scored as ``train.eval_step`` scores
+  """The NMF baseline on training's validation clips, scored as ``tasks.mixit.eval_step`` scores
   the model: each of an example's two mixtures separated alone, its stems rebuilt by the best
   assignment giving every stem louder than ``silence_threshold_db`` dBFS an output, SI-SNR
   floored at ``floor_db`` minus the mixture's; means over those stems (and per stem).
@@ -308,5 +311,5 @@ def validation_nmf_scores(
     return {}
   result = {"nmf_stem_si_snri_db": float(np.mean([v for vs in values for v in vs]))}
   for name, vs in zip(stem_names, values):
-    result[f"nmf_stem_si_snri_db_{name}"] = _nanmean(vs)
+    result[f"nmf_stem_si_snri_db_{name}"] = nanmean(vs)
   return result

@@ -40,8 +40,8 @@ import ml_collections
 import numpy as np
 
 from trackformer_jax.models.convtasnet import ConvEncoder, frame_padding
+from trackformer_jax.models.frontends import log_magnitude_tokens
 from trackformer_jax.models.separator import (
-  _MAGNITUDE_FLOOR,
   TransformerStack,
   add_positional_information,
   layer_feature_keys,
@@ -191,10 +191,7 @@ class AudioMAE(nn.Module):
     if c.frontend == "stft":
 
       def log_magnitude(audio):  # [B, C, T] -> [B, frames, C·bins]
-        spectrum = stft(audio, c.n_fft, c.hop)
-        magnitude = jnp.sqrt(jnp.square(spectrum.real) + jnp.square(spectrum.imag) + 1e-20)
-        features = jnp.log(magnitude + _MAGNITUDE_FLOOR)
-        return jnp.moveaxis(features, 1, 2).reshape(batch, frames, -1)
+        return log_magnitude_tokens(stft(audio, c.n_fft, c.hop))
 
       tokens = log_magnitude(visible_mixture)
       targets = log_magnitude(mixture)

@@ -35,10 +35,7 @@ from trackformer_jax.models.convtasnet import (
   mask_activation,
 )
 from trackformer_jax.models.favor import favor_attention, orthogonal_features, softmax_attention
-
-# Floor under STFT magnitudes before the log: ~-100 dB re a full-scale sine's bin (0.5),
-# below 16-bit quantisation noise, and it keeps the log and its gradient finite in silence.
-_MAGNITUDE_FLOOR = 1e-5
+from trackformer_jax.models.frontends import log_magnitude_tokens
 
 
 def hann_window(length: int) -> np.ndarray:
@@ -256,9 +253,7 @@ class TransformerSeparator(nn.Module):
 
     if c.frontend == "stft":
       spectrum = stft(mixture, c.n_fft, c.hop)  # [B, C, frames, bins]
-      magnitude = jnp.sqrt(jnp.square(spectrum.real) + jnp.square(spectrum.imag) + 1e-20)
-      tokens = jnp.log(magnitude + _MAGNITUDE_FLOOR)
-      tokens = jnp.moveaxis(tokens, 1, 2).reshape(batch, tokens.shape[2], -1)
+      tokens = log_magnitude_tokens(spectrum)
       representation = spectrum
       num_bins = spectrum.shape[-1]
     elif c.frontend == "learned":
