@@ -1,0 +1,142 @@
+"""The model folder's layout and its JSON files: format names, the stem map, atomic writes.
+
+An exported folder holds everything separation needs and nothing training needs::
+
+  exported/x/
+    params/                  orbax checkpoint of the model's variables (params only, no optimiser)
+    config.json              the training config (ConfigDict as JSON)
+    metadata.json            sample rate, channels, model name, number of outputs, version
+    stem_map.json            optional: which outputs make which stem (written by calibrate)
+    inference.jaxexport      optional: serialised ``jax.export`` of the forward pass
+
+A training workdir holds ``config.json`` (and may hold ``stem_map.json``) beside its
+checkpoints. No pickle anywhere: orbax stores arrays, JSON the rest.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import pathlib
+import tempfile
+from typing import Any
+
+import ml_collections
+import numpy as np
+
+STEM_NAMES = ("vocals", "bass", "drums", "other")
+EXPORT_FORMAT = "trackformer_jax.export/1"
+PARAMS_DIR = "params"
+CONFIG_FILE = "config.json"
+METADATA_FILE = "metadata.json"
+STEM_MAP_FILE = "stem_map.json"
+EXPORTED_FN_FILE = "inference.jaxexport"
+
+
+class ModelLoadError(ValueError):
+  """A model folder or workdir that cannot be loaded; the message names the path."""
+
+
+@dataclasses.dataclass(frozen=True)
+class StemMap:
+  """Which stem each model output belongs to.
+
+  ``output_to_stem[i]`` names the stem output ``i`` is added to; every stem in ``stems`` has
+  at least one output. ``votes[i][k]`` (optional) is how often calibration assigned output
+  ``i`` to stem ``k``.
+  """
+
+  output_to_stem: tuple[str, ...]
+  stems: tuple[str, ...] = STEM_NAMES
+  votes: tuple[tuple[float, ...], ...] | None = None
+
+  def __post_init__(self):
+    for stem in self.stems:
+      # Stems name the files separate writes: a map from a downloaded model must not be able
+      # to write outside the output folder ("../../x") or onto it (".", "").
+      if stem in ("", ".", "..") or any(c in stem for c in "/\\\0"):
+        raise ValueError(f"stem map: stem name {stem!r} is not a plain file name")
+    unknown = sorted(set(self.output_to_stem) - set(self.stems))
+    if unknown:
+      raise ValueError(f"stem map: outputs name unknown stems {unknown}; stems are {self.stems}")
+
+  @property
+  def num_outputs(self) -> int:
+    return len(self.output_to_stem)
+
+  def combine(self, outputs: np.ndarray) -> dict[str, np.ndarray]:
+    """Sums the outputs of each stem: ``outputs [N, ...]`` -> ``{stem: [...]}``.
+
+    A stem no output maps to comes back silent, so the stems still sum to the input.
+    """
+    if outputs.shape[0] != self.num_outputs:
+      raise ValueError(
+        f"stem map is for {self.num_outputs} outputs, got outputs of shape {outputs.shape}"
+      )
+    result = {}
+    for stem in self.stems:
+      members = [i for i, s in enumerate(self.output_to_stem) if s == stem]
+      result[stem] = outputs[members].sum(axis=0) if members else np.zeros_like(outputs[0])
+    return result
+
+  def to_json(self) -> dict[str, Any]:
+    return {
+      "stems": list(self.stems),
+      "output_to_stem": list(self.output_to_stem),
+      "votes": None if self.votes is None else [list(map(float, v)) for v in self.votes],
+    }
+
+  @classmethod
+  def from_json(cls, obj: dict[str, Any], *, source: str = "stem map") -> StemMap:
+    try:
+      votes = obj.get("votes")
+      return cls(
+        output_to_stem=tuple(str(s) for s in obj["output_to_stem"]),
+        stems=tuple(str(s) for s in obj.get("stems", STEM_NAMES)),
+        votes=None if votes is None else tuple(tuple(float(x) for x in v) for v in votes),
+      )
+    except (KeyError, TypeError, ValueError) as e:
+      raise ModelLoadError(f"{source}: not a valid stem map ({e})") from e
+
+
+def write_json_atomic(path: str | os.PathLike, obj: Any) -> None:
+  """Writes JSON whole or not at all (temporary file in the same folder, then rename)."""
+  path = pathlib.Path(path)
+  fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+  try:
+    with os.fdopen(fd, "w") as f:
+      json.dump(obj, f, indent=2, sort_keys=False)
+      f.write("\n")
+    os.replace(tmp, path)
+  except BaseException:
+    if os.path.exists(tmp):
+      os.unlink(tmp)
+    raise
+
+
+def save_stem_map(model_dir: str | os.PathLike, stem_map: StemMap) -> pathlib.Path:
+  """Stores ``stem_map`` with the model (exported folder or workdir); returns the file."""
+  path = pathlib.Path(model_dir) / STEM_MAP_FILE
+  write_json_atomic(path, stem_map.to_json())
+  return path
+
+
+def read_stem_map(model_dir: str | os.PathLike) -> StemMap | None:
+  """The stem map stored with a model folder or workdir, or None where it has none."""
+  path = pathlib.Path(model_dir) / STEM_MAP_FILE
+  if not path.exists():
+    return None
+  try:
+    obj = json.loads(path.read_text())
+  except json.JSONDecodeError as e:
+    raise ModelLoadError(f"{path}: not valid JSON ({e})") from e
+  return StemMap.from_json(obj, source=str(path))
+
+
+def read_model_config(path: pathlib.Path) -> ml_collections.ConfigDict:
+  """The ConfigDict in a model folder's or workdir's ``config.json`` at ``path``."""
+  try:
+    return ml_collections.ConfigDict(json.loads(path.read_text()))
+  except (OSError, json.JSONDecodeError, TypeError) as e:
+    raise ModelLoadError(f"{path}: cannot read the config ({e})") from e
