@@ -42,9 +42,10 @@ def _env(**extra: str) -> dict[str, str]:
   return env
 
 
-def _run_flags(data: str, workdir: pathlib.Path) -> list[str]:
+def _run_flags(data: str, workdir: pathlib.Path, task: str) -> list[str]:
   return [
     "--config=configs/test.py",
+    f"--config.task={task}",
     f"--config.data={data}",
     f"--config.num_train_steps={STEPS}",
     f"--config.checkpoint_every_steps={STEPS}",
@@ -54,14 +55,19 @@ def _run_flags(data: str, workdir: pathlib.Path) -> list[str]:
   ]
 
 
-def _logged_losses(log: pathlib.Path) -> dict[int, str]:
-  """``{step: loss}`` from the progress lines, the loss as printed (3 decimals)."""
-  found = re.findall(r"step (\d+)/\d+ .*? loss (-?[\d.]+)", log.read_text())
+def _logged_losses(log: pathlib.Path, task: str) -> dict[int, str]:
+  """``{step: loss}`` from the progress lines, the loss as printed (3 or 4 decimals)."""
+  name = {"mixit": "loss", "mae": "reconstruction"}[task]
+  found = re.findall(rf"step (\d+)/\d+ .*? {name} (-?[\d.]+)", log.read_text())
   return {int(step): loss for step, loss in found}
 
 
 @pytest.mark.slow
-def test_two_hosts_train_as_one_run_and_their_checkpoint_loads_on_one_machine(tiny_musdb, tmp_path):
+# Both tasks: each evaluates on both hosts (scores gathered replicated) and saves one checkpoint.
+@pytest.mark.parametrize("task", ["mixit", "mae"])
+def test_two_hosts_train_as_one_run_and_their_checkpoint_loads_on_one_machine(
+  tiny_musdb, tmp_path, task
+):
   data = f"musdb:{tiny_musdb}"
   # multihost.sh runs .venv/bin/python, which launch/test.sh (and quickstart.sh) set up.
   coordinator = f"127.0.0.1:{_free_port()}"
@@ -72,7 +78,7 @@ def test_two_hosts_train_as_one_run_and_their_checkpoint_loads_on_one_machine(ti
     with open(log, "wb") as sink:
       processes.append(
         subprocess.Popen(
-          ["bash", "launch/multihost.sh", *_run_flags(data, workdir)],
+          ["bash", "launch/multihost.sh", *_run_flags(data, workdir, task)],
           cwd=REPO,
           stdout=sink,
           stderr=subprocess.STDOUT,
@@ -89,12 +95,13 @@ def test_two_hosts_train_as_one_run_and_their_checkpoint_loads_on_one_machine(ti
     assert code == 0, log.read_text()[-3000:]
   assert "JAX process 1/2" in logs[1].read_text()
 
-  losses = [_logged_losses(log) for log in logs]
+  losses = [_logged_losses(log, task) for log in logs]
   assert sorted(losses[0]) == [2, STEPS]
   assert losses[0] == losses[1]
   # Host 0 alone writes the metrics.
   rows = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
   assert [r["step"] for r in rows if "train/loss" in r] == [2, STEPS]
+  assert [r["step"] for r in rows if "eval/best_score" in r] == [0, STEPS]
 
   config, params = checkpoints.load_params(workdir, STEPS)
   assert config.num_train_steps == STEPS
