@@ -6,8 +6,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from mixit_reference import all_mixing_matrices, mixit_loss_bruteforce
 
-from trackformer_jax.bench.mixit import all_mixing_matrices, mixit_loss_bruteforce
 from trackformer_jax.losses import mixit
 
 # Short signals keep brute force (K^M remixes of the full signals) fast; jitted functions,

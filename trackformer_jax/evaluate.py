@@ -73,6 +73,7 @@ from trackformer_jax.scoring import (  # noqa: F401 - evaluate's names, as calle
   STEM_NAMES,
   all_assignments,
   assign_outputs,
+  best_assignment,
   is_number,
   is_silent,
   nanmean,
@@ -100,7 +101,7 @@ def mom_si_snri(
   references = np.stack([first, second])
   mom = first + second
   outputs = separator.separate_array(mom, sample_rate_hz).outputs
-  labels = assign_outputs(outputs, references, snr_max_db=snr_max_db, required=np.ones(2, bool))
+  labels = best_assignment(outputs, references, snr_max_db=snr_max_db, required=np.ones(2, bool))
   assigned = remix(outputs, labels, 2)
   gains = [si_snr_db(assigned[k], references[k]) - si_snr_db(mom, references[k]) for k in range(2)]
   return float(np.mean(gains))

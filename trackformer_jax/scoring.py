@@ -15,6 +15,7 @@ import numpy as np
 import scipy.signal
 
 from trackformer_jax import baselines, metrics
+from trackformer_jax.losses.mixit import assignment_labels, thresholded_neg_snr
 
 STEM_NAMES = ("vocals", "bass", "drums", "other")
 SILENT_STEM_DB = -60.0  # a stem this far below the mixture (energy) is silent
@@ -33,11 +34,10 @@ def all_assignments(num_references: int, num_outputs: int) -> np.ndarray:
       f"{num_references} stems and {num_outputs} outputs: {num_references**num_outputs} "
       f"assignments, more than the exact search handles ({MAX_ASSIGNMENTS}); score fewer stems"
     )
-  digits = num_references ** np.arange(num_outputs)
-  return (np.arange(num_references**num_outputs)[:, None] // digits) % num_references
+  return assignment_labels(num_references, num_outputs, xp=np)
 
 
-def assign_outputs(
+def best_assignment(
   outputs: np.ndarray,
   references: np.ndarray,
   *,
@@ -46,9 +46,11 @@ def assign_outputs(
 ) -> np.ndarray:
   """The best way to sum ``N`` outputs into ``K`` references (exact search over ``K^N``).
 
-  The objective is MixIT's (``losses.mixit.mixit_loss``): the sum over references of the
-  thresholded SNR ``-10 log10((||y - y_hat||^2 + tau ||y||^2) / ||y||^2)``, computed from
-  inner products only (float64), so the search costs ``O(K^N K N^2)`` whatever the length.
+  The objective and the enumeration are MixIT's own (``losses.mixit.thresholded_neg_snr``
+  and ``assignment_labels``, as ``mixit_loss`` searches in the graph); here the residuals
+  come from inner products in float64 over the whole song, so the search costs
+  ``O(K^N K N^2)`` whatever the length. Used by evaluation, calibration and validation's
+  NMF baseline.
 
   Args:
     outputs: ``[N, ...]`` (channels and time flattened into one vector per output).
@@ -66,12 +68,14 @@ def assign_outputs(
   linear = np.einsum("pkn,kn->pk", one_hot, cross)
   quadratic = np.einsum("pkm,mn,pkn->pk", one_hot, gram, one_hot)
   residual = np.maximum(energy - 2 * linear + quadratic, 0.0)
-  tau = 10.0 ** (-snr_max_db / 10.0)
-  loss = np.sum(10 * np.log10(residual + tau * energy + 1e-8) - 10 * np.log10(energy + 1e-8), -1)
+  loss = thresholded_neg_snr(residual, energy, snr_max_db, xp=np)
   if required is not None and int(np.sum(required)) <= n:
     filled = one_hot.any(axis=-1)  # [P, K]
     loss = np.where((filled | ~np.asarray(required)[None]).all(axis=-1), loss, np.inf)
   return labels[int(np.argmin(loss))]
+
+
+assign_outputs = best_assignment  # the name evaluate and calibrate have always imported
 
 
 def _inner_products(outputs, references, chunk: int = 1 << 18):
@@ -153,7 +157,7 @@ def stem_scores(
     their mean over non-silent stems (``<metric>``), and ``assignment`` (stem per output).
   """
   silent = is_silent(stems, mixture)
-  labels = assign_outputs(outputs, stems, snr_max_db=snr_max_db, required=~silent)
+  labels = best_assignment(outputs, stems, snr_max_db=snr_max_db, required=~silent)
   assigned = remix(outputs, labels, stems.shape[0])
   per_stem: dict[str, list[float]] = {}
 
@@ -301,7 +305,7 @@ def validation_nmf_scores(
       if not active.any():
         continue
       outputs = baselines.nmf_separate(mixture, sample_rate_hz)
-      labels = assign_outputs(outputs, stems, snr_max_db=snr_max_db, required=active)
+      labels = best_assignment(outputs, stems, snr_max_db=snr_max_db, required=active)
       assigned = remix(outputs, labels, stems.shape[0])
       for k in np.flatnonzero(active):
         reference = stems[k].reshape(-1)  # flattened, as eval_step scores

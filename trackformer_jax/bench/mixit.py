@@ -6,11 +6,8 @@ step (batch 4; 44.1 kHz at full scale, 8 kHz at reduced scale). The fast search
 estimates and their K x M inner products with the mixtures; brute force remixes the full
 signals for every assignment. The whole-step time is the speed suite's when it ran in this
 invocation, otherwise measured here.
-
-``mixit_loss_bruteforce`` is also the reference the tests compare ``mixit_loss`` with.
 """
 
-import itertools
 import os
 import time
 
@@ -21,47 +18,28 @@ import numpy as np
 from trackformer_jax import train
 from trackformer_jax.bench.options import BenchOptions
 from trackformer_jax.bench.speed import speed_config, time_train_step
-from trackformer_jax.losses.mixit import mixit_loss
+from trackformer_jax.losses.mixit import assignment_matrices, mixit_loss, thresholded_neg_snr
 
 NUM_ESTIMATES = 8
-_EPS = 1e-8
 
 
-def all_mixing_matrices(num_mixtures: int, num_estimates: int) -> np.ndarray:
-  """Every ``[K, M]`` 0/1 matrix with one 1 per column, listed by ``itertools.product``."""
-  eye = np.eye(num_mixtures, dtype=np.float32)
-  return np.stack(
-    [eye[list(labels)].T for labels in itertools.product(range(num_mixtures), repeat=num_estimates)]
-  )
-
-
-def mixit_loss_bruteforce(
-  estimates: jax.Array, mixtures: jax.Array, snr_max_db: float = 30.0, chunk: int = 16
-) -> tuple[jax.Array, jax.Array]:
-  """The MixIT definition, literally: remix the full signals for every mixing matrix.
-
-  Same arguments and results as ``mixit_loss``. For each of the K^M matrices A it forms
-  ŷ = A·s on the whole signals and evaluates
-  Σ_k 10·log10(‖y_k − ŷ_k‖² + τ‖y_k‖² + ε) − 10·log10(‖y_k‖² + ε), then keeps the
-  lowest. ``chunk`` matrices are remixed at a time (memory: chunk · batch · K · samples).
-  """
-  estimates, mixtures = jnp.asarray(estimates), jnp.asarray(mixtures)
+def mixit_loss_bruteforce(estimates: jax.Array, mixtures: jax.Array, chunk: int = 16) -> jax.Array:
+  """The loss ``[batch]`` the slow way, for timing: the full signals remixed by every one of
+  the K^M assignment matrices (``chunk`` at a time), each scored by MixIT's objective.
+  (tests/mixit_reference.py holds the independent reference the tests check against.)"""
   batch, num_estimates, num_mixtures = estimates.shape[0], estimates.shape[1], mixtures.shape[1]
-  estimates = estimates.reshape(batch, num_estimates, -1)
-  mixtures = mixtures.reshape(batch, num_mixtures, -1)
-  matrices = jnp.asarray(all_mixing_matrices(num_mixtures, num_estimates))
-  tau = 10.0 ** (-snr_max_db / 10.0)
+  estimates, mixtures = (
+    estimates.reshape(batch, num_estimates, -1),
+    mixtures.reshape(batch, num_mixtures, -1),
+  )
   mixture_energy = jnp.sum(mixtures**2, axis=-1)  # [batch, K]
 
   def loss_of(matrix):  # [K, M] -> [batch]
     remixed = jnp.einsum("km,bmt->bkt", matrix, estimates, precision=jax.lax.Precision.HIGHEST)
-    residual_energy = jnp.sum((mixtures - remixed) ** 2, axis=-1)
-    per_mixture = 10.0 * jnp.log10(residual_energy + tau * mixture_energy + _EPS)
-    return jnp.sum(per_mixture - 10.0 * jnp.log10(mixture_energy + _EPS), axis=-1)
+    return thresholded_neg_snr(jnp.sum((mixtures - remixed) ** 2, -1), mixture_energy, 30.0)
 
-  losses = jax.lax.map(loss_of, matrices, batch_size=chunk)  # [K^M, batch]
-  best = jnp.argmin(jax.lax.stop_gradient(losses), axis=0)
-  return losses[best, jnp.arange(batch)], matrices[best]
+  matrices = assignment_matrices(num_mixtures, num_estimates)
+  return jnp.min(jax.lax.map(loss_of, matrices, batch_size=chunk), axis=0)
 
 
 def _timed(fn, *args, repeats: int, warm_up: bool = True):
@@ -92,7 +70,7 @@ def run_mixit_benchmark(samples: int = 480_000, batch: int = 4, smoke: bool = Fa
     return mixit_loss(estimates, mixtures)[0]
 
   def brute(estimates, mixtures):
-    return mixit_loss_bruteforce(estimates, mixtures)[0]
+    return mixit_loss_bruteforce(estimates, mixtures)
 
   fast_grad = jax.value_and_grad(lambda s, y: jnp.sum(fast(s, y)))
   for num_mixtures in (2, 4):

@@ -8,7 +8,7 @@ Layouts: estimates ``[batch, M, time]`` or ``[batch, M, channels, time]``; mixtu
 import jax
 import jax.numpy as jnp
 
-_EPS = 1e-8
+EPS = 1e-8  # ε of the objective (thresholded_neg_snr)
 # The search scores all K^M assignments at once (per example): 4^8 = 65,536 is the largest
 # case the project uses; 2^24 keeps a single example's scores under 64 MiB per mixture.
 _MAX_ASSIGNMENTS = 1 << 24
@@ -34,26 +34,38 @@ def _check_layout(estimates, mixtures):
     )
 
 
-def assignment_matrices(num_mixtures: int, num_estimates: int) -> jax.Array:
-  """Every way to send each of M estimates to one of K mixtures: ``[K^M, K, M]`` of 0/1.
+def assignment_labels(num_mixtures: int, num_estimates: int, xp=jnp):
+  """Every way to send each of M estimates to one of K mixtures: ``labels [K^M, M]``.
 
-  Assignment ``p`` sends estimate ``m`` to mixture ``(p // K^m) % K`` (the base-K digits
-  of p), so each column holds exactly one 1. Built from ``iota`` inside the traced program
-  rather than embedded in it as a constant.
+  Assignment ``p`` sends estimate ``m`` to mixture ``(p // K^m) % K`` (the base-K digits of
+  p). The one enumeration of the project: ``xp=jnp`` (int32, built from ``iota`` inside a
+  traced program rather than embedded in it as a constant) for the in-graph search,
+  ``xp=np`` for scoring's float64 search on whole songs (``scoring.all_assignments``).
   """
+  k, m = num_mixtures, num_estimates
+  dtype = xp.int32 if xp is jnp else None
+  digit_weights = k ** xp.arange(m, dtype=dtype)
+  return (xp.arange(k**m, dtype=dtype)[:, None] // digit_weights) % k
+
+
+def assignment_matrices(num_mixtures: int, num_estimates: int) -> jax.Array:
+  """``assignment_labels`` as 0/1 matrices ``[K^M, K, M]`` (each column holds exactly one 1)."""
   k, m = num_mixtures, num_estimates
   if k**m > _MAX_ASSIGNMENTS:
     raise ValueError(f"{k}^{m} = {k**m} assignments is more than the exact search handles")
-  digit_weights = k ** jnp.arange(m, dtype=jnp.int32)
-  labels = (jnp.arange(k**m, dtype=jnp.int32)[:, None] // digit_weights) % k  # [K^M, M]
+  labels = assignment_labels(k, m)  # [K^M, M]
   return (labels[:, None, :] == jnp.arange(k)[None, :, None]).astype(jnp.float32)
 
 
-def _thresholded_neg_snr(residual_energy, mixture_energy, snr_max_db):
-  """Sum over k of 10 log10(||y-ŷ||² + τ||y||² + ε) - 10 log10(||y||² + ε); k on the last axis."""
+def thresholded_neg_snr(residual_energy, mixture_energy, snr_max_db: float, xp=jnp):
+  """MixIT's objective, the one definition: the sum over mixtures k (the last axis) of
+  10·log10(‖y_k − ŷ_k‖² + τ‖y_k‖² + ε) − 10·log10(‖y_k‖² + ε), τ = 10^(−snr_max_db/10).
+
+  ``xp=jnp`` in the graph (the loss and its search); ``xp=np`` for scoring's float64 search.
+  """
   tau = 10.0 ** (-snr_max_db / 10.0)
-  error_db = 10.0 * jnp.log10(residual_energy + tau * mixture_energy + _EPS)
-  return jnp.sum(error_db - 10.0 * jnp.log10(mixture_energy + _EPS), axis=-1)
+  error_db = 10.0 * xp.log10(residual_energy + tau * mixture_energy + EPS)
+  return xp.sum(error_db - 10.0 * xp.log10(mixture_energy + EPS), axis=-1)
 
 
 def mixit_loss(
@@ -87,7 +99,7 @@ def mixit_loss(
     snr_max_db: the SNR above which an estimate stops being rewarded.
     required: optional ``[batch, K]`` booleans: mixtures that must receive at least one
       estimate. Scoring stems (K = 4) uses it so that a model cannot leave a hard stem
-      empty (evaluate.assign_outputs applies the same rule to whole songs); an example with
+      empty (scoring.best_assignment applies the same rule to whole songs); an example with
       more required mixtures than estimates is searched unconstrained.
 
   Returns:
@@ -116,7 +128,7 @@ def mixit_loss(
 
   remixed = jnp.einsum("bkm,bmt->bkt", mixing.astype(dtype), estimates, precision=_HIGHEST)
   residual_energy = jnp.sum((mixtures - remixed) ** 2, axis=-1)
-  return _thresholded_neg_snr(residual_energy, mixture_energy, snr_max_db), mixing
+  return thresholded_neg_snr(residual_energy, mixture_energy, snr_max_db), mixing
 
 
 def _best_assignment(estimates, mixtures, mixture_energy, required, num_mixtures, snr_max_db):
@@ -155,7 +167,7 @@ def _best_assignment(estimates, mixtures, mixture_energy, required, num_mixtures
     own = jnp.sum(halves * (projected - 2.0 * cross), axis=-1)  # [P1 + P2, K]
     coupling = jnp.einsum("pkn,qkn->pqk", projected[:num_first], second, precision=_HIGHEST)
     residual_energy = energy + own[:num_first, None, :] + own[None, num_first:, :] + 2.0 * coupling
-    loss = _thresholded_neg_snr(jnp.maximum(residual_energy, 0.0), energy, snr_max_db)
+    loss = thresholded_neg_snr(jnp.maximum(residual_energy, 0.0), energy, snr_max_db)
     filled = first_fills[:, None, :] | second_fills[None, :, :]  # [P1, P2, K]
     loss = jnp.where(jnp.any(needed & ~filled, axis=-1), jnp.inf, loss)
     return jnp.argmin(loss.reshape(-1))  # index p1 * P2 + p2
