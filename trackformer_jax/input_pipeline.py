@@ -298,6 +298,7 @@ class EvalBatches:
     tracks = source.split(split)
     if not tracks:
       raise sources.DataError(f"{config.data}: the {split!r} split is empty")
+    self.source = source
     self.has_stems = source.has_stems
     self.num_batches = max(math.ceil(config.num_eval_examples / config.batch_size), 1)
     self._host, self._hosts = host, hosts

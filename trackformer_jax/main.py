@@ -5,6 +5,7 @@ Flags only; the work is ``train.train_and_evaluate``. Any config field can be ov
 ``runs/<config file stem>``; a run restarted on the same workdir resumes where it stopped.
 """
 
+import contextlib
 import logging as python_logging
 import pathlib
 import sys
@@ -12,6 +13,8 @@ import sys
 import jax
 from absl import app, flags, logging
 from ml_collections import config_flags
+
+from trackformer_jax import interrupts
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", None, "Path to a config file.", lock_config=True)
@@ -43,9 +46,12 @@ def main(argv):
       num_processes=FLAGS.num_processes,
       process_id=FLAGS.process_id,
     )
+  # Until training can stop at a step boundary, a Ctrl-C has nothing to save.
+  interrupts.leave_quietly_on_signal("training: interrupted before it started; nothing saved")
   # Imported after flag parsing so that --help stays fast.
   from trackformer_jax import checkpoints, train
   from trackformer_jax.data import sources
+  from trackformer_jax.training.errors import TrainingInterrupted
 
   logging.get_absl_handler().addFilter(_QuietCheckpointLogs())
   config_path = config_flags.get_config_filename(FLAGS["config"])
@@ -53,8 +59,15 @@ def main(argv):
   logging.info(
     "JAX process %d/%d, devices: %s", jax.process_index(), jax.process_count(), jax.devices()
   )
+  # With several processes one host's Ctrl-C cannot pick a step for all; they keep the
+  # quiet exit above.
+  single = jax.process_count() == 1
   try:
-    train.train_and_evaluate(FLAGS.config, workdir)
+    with interrupts.graceful() if single else contextlib.nullcontext() as stop:
+      train.train_and_evaluate(FLAGS.config, workdir, stop=stop)
+  except TrainingInterrupted as stopped:
+    print(f"training: {stopped}", file=sys.stderr)
+    sys.exit(interrupts.EXIT_STATUS)
   except (
     train.ConfigError,
     train.NonFiniteError,

@@ -26,11 +26,14 @@ import numpy as np
 from absl import logging
 from jax.sharding import Mesh
 
-from trackformer_jax import checkpoints
+from trackformer_jax import checkpoints, interrupts
 from trackformer_jax.training import config_checks, steps, tasks, transfer, writers
 from trackformer_jax.training import state as state_lib
 from trackformer_jax.training import workdir as workdir_lib
-from trackformer_jax.training.errors import NonFiniteError
+from trackformer_jax.training.errors import NonFiniteError, TrainingInterrupted
+
+# An evaluation that takes longer than this says how far it has got, once per interval.
+EVAL_PROGRESS_SECONDS = 10.0
 
 
 def train_batches(config: ml_collections.ConfigDict, start_step: int) -> Iterator[dict]:
@@ -54,6 +57,7 @@ def train_and_evaluate(
   workdir: str | os.PathLike,
   *,
   stop_after_step: int | None = None,
+  stop: interrupts.StopRequest | None = None,
 ) -> state_lib.TrainState:
   """Trains ``config`` into ``workdir`` (resuming from its newest checkpoint) and returns the state.
 
@@ -62,6 +66,9 @@ def train_and_evaluate(
     workdir: checkpoints, ``config.json``, ``metrics.jsonl`` and TensorBoard files go here.
     stop_after_step: stop (with a checkpoint) once this step is reached, as if the run had
       been interrupted there; the schedule still follows ``config.num_train_steps``.
+    stop: checked between steps and evaluation batches; once set, training saves a
+      checkpoint of the current step and raises ``TrainingInterrupted``. Only for a single
+      process: with several, the hosts would have to agree on the step to stop at.
   """
   workdir = pathlib.Path(workdir)
   mesh = state_lib.create_mesh()
@@ -69,7 +76,7 @@ def train_and_evaluate(
   workdir_lib.prepare_workdir(workdir)
   lock = workdir_lib.lock_workdir(workdir) if jax.process_index() == 0 else None
   try:
-    return _train_holding_lock(config, workdir, mesh, stop_after_step)
+    return _train_holding_lock(config, workdir, mesh, stop_after_step, stop)
   finally:
     # Also on an error before the first step: in a notebook, a lock left to the garbage
     # collector would refuse the corrected retry ("another training is using this workdir").
@@ -99,6 +106,7 @@ def _train_holding_lock(
   workdir: pathlib.Path,
   mesh: Mesh,
   stop_after_step: int | None,
+  stop: interrupts.StopRequest | None,
 ) -> state_lib.TrainState:
   task = tasks.get_task(config)
   host = state_lib.host_value
@@ -124,6 +132,10 @@ def _train_holding_lock(
   if jax.process_index() == 0:
     checkpoints.write_config(workdir, config)
   start_step = int(host(state.step))
+  if resumed and start_step >= config.num_train_steps:
+    manager.close()
+    logging.info("training: already finished at step %d (%s); nothing to do", start_step, workdir)
+    return state
   # Step keys are derived on the host's CPU device: deriving them on the accelerator would
   # queue behind the running step and make the host wait for it.
   base_rng = jax.device_put(host(state.rng), jax.local_devices(backend="cpu")[0])
@@ -136,6 +148,7 @@ def _train_holding_lock(
 
   step_fn = steps.compile_train_step(config, model, optimizer, mesh)
   validation = eval_batches(config)
+  _log_split_sizes(config, validation)
   eval_fn = steps.compile_eval_step(config, model, mesh)
 
   last_step = config.num_train_steps
@@ -146,7 +159,8 @@ def _train_holding_lock(
 
   def run_eval(step: int) -> dict[str, float]:
     nonlocal baselines
-    scores = steps.evaluate(state.eval_params, eval_fn, validation, mesh, config)
+    progress = _EvalProgress(step, len(validation), stop)
+    scores = steps.evaluate(state.eval_params, eval_fn, validation, mesh, config, progress)
     if scores:
       scores["best_score"] = task.best_score(scores)
       if baselines is None:
@@ -157,18 +171,32 @@ def _train_holding_lock(
       logging.info("eval step %d: %s", step, task.format_eval_log(scores))
     return scores
 
-  if not resumed and start_step < last_step:
-    # The untrained control: the first point of the curve, and what training must beat.
-    run_eval(start_step)
+  def stop_here():
+    # Called where ``state`` is that of ``step``: between steps or inside an evaluation.
+    saved = step in manager.all_steps()
+    if not saved and step > start_step and int(host(state.consecutive_nonfinite)) == 0:
+      checkpoints.save(manager, state, step)
+      saved = True
+    raise TrainingInterrupted(step, saved, trained=step > 0)
 
-  batches = train_batches(config, start_step)
   accumulated: list[dict[str, jax.Array]] = []
   interval_start, interval_steps, paused = time.perf_counter(), 0, 0.0
   run_start, run_start_step = time.perf_counter(), start_step
   step = start_step
   previous_metrics = None
   try:
+    if stop is not None and stop.is_set():
+      stop_here()  # while compiling, before the first evaluation
+    if not resumed and start_step < last_step:
+      # The untrained control: the first point of the curve, and what training must beat.
+      logging.info(
+        "eval step %d: scoring the untrained control on %d batches", start_step, len(validation)
+      )
+      run_eval(start_step)
+    batches = train_batches(config, start_step)
     while step < last_step:
+      if stop is not None and stop.is_set():
+        stop_here()
       batch = next(batches)
       batch = state_lib.to_global({name: batch[name] for name in task.TRAIN_FIELDS}, mesh)
       step_rng = np.asarray(jax.random.fold_in(base_rng, step))
@@ -242,9 +270,40 @@ def _train_holding_lock(
           # only the rows up to its checkpoint, so buffered ones would be lost for good.
           writer.flush()
         paused += time.perf_counter() - pause_start
+  except interrupts.Interrupted:
+    stop_here()
   finally:
     manager.wait_until_finished()
     manager.close()
     writer.flush()
     writer.close()
   return state
+
+
+def _log_split_sizes(config: ml_collections.ConfigDict, validation) -> None:
+  """One line: how many tracks each split of ``config.data`` has."""
+  source = getattr(validation, "source", None)
+  if source is None:
+    return
+  counts = {name: len(source.split(name)) for name in ("train", "validation", "test")}
+  if source.test_is_validation:
+    del counts["test"]  # the same tracks as validation
+  listed = ", ".join(f"{count} {name}" for name, count in counts.items())
+  skipped = f" ({len(source.skipped)} skipped)" if source.skipped else ""
+  logging.info("data %s: %s tracks%s", config.data, listed, skipped)
+
+
+class _EvalProgress:
+  """Per evaluation batch: stops on request, and says how far a slow evaluation has got."""
+
+  def __init__(self, step: int, total: int, stop: interrupts.StopRequest | None):
+    self.step, self.total, self.stop = step, total, stop
+    self.last_line = time.perf_counter()
+
+  def __call__(self, done: int) -> None:
+    if self.stop is not None:
+      self.stop.raise_if_set("evaluation")
+    now = time.perf_counter()
+    if done < self.total and now - self.last_line >= EVAL_PROGRESS_SECONDS:
+      logging.info("eval step %d: %d/%d batches", self.step, done, self.total)
+      self.last_line = now

@@ -104,8 +104,11 @@ def evaluate(
   batches: Iterable[dict[str, np.ndarray]],
   mesh: Mesh,
   config: ml_collections.ConfigDict,
+  progress: Callable[[int], None] | None = None,
 ) -> dict[str, float]:
   """The task's ``summarize_eval`` of ``eval_fn`` over ``batches``; {} when there are none.
+
+  ``progress(done)`` is called after each batch (it may raise to stop the evaluation).
 
   Each host passes its own examples; padded examples (to a multiple of the local devices)
   carry weight 0 and drop out of the averages.
@@ -122,4 +125,6 @@ def evaluate(
     scores = {name: state_lib.host_value(value) for name, value in scores.items()}
     weights.append(scores.pop("eval_weight"))
     per_example.append(scores)
+    if progress is not None:
+      progress(index + 1)
   return task.summarize_eval(per_example, weights) if per_example else {}
