@@ -200,3 +200,37 @@ def test_default_chorales_is_rendered_on_first_use(tmp_path, monkeypatch):
   monkeypatch.setattr(render, "QUICKSTART_SECONDS", 2.0)
   with pytest.raises(sources.DataError, match="cannot build the bundled corpus: .*holds 1 tracks"):
     _open("chorales")
+
+
+def test_a_musdb_layout_without_musdb_names_holds_out_a_share_of_its_training_songs(
+  tmp_path, caplog
+):
+  from conftest import synthetic_stems
+
+  root = tmp_path / "corpus"
+  songs = [f"Someone Else - Song {i}" for i in range(10)]
+  for i, name in enumerate(songs + ["Someone Else - Test Song"]):
+    track = root / ("test" if i == len(songs) else "train") / name
+    stems = synthetic_stems(i, 4000, 1, 8000)
+    for stem_name, stem in zip(("vocals", "bass", "drums", "other"), stems):
+      audio.write_audio(track / f"{stem_name}.wav", stem, 8000, subtype="FLOAT")
+    audio.write_audio(track / "mixture.wav", stems.sum(0), 8000, subtype="FLOAT")
+  with caplog.at_level(logging.WARNING):
+    source = _open(f"musdb:{root}")
+  held = sorted(t.track_id.split("/", 1)[1] for t in source.split("validation"))
+  # The songs the 80/20 hash holds out (two of these ten).
+  assert held == sorted(n for n in songs if sources.hash_split(n) == "validation")
+  assert len(held) == 2 and len(source.split("train")) == len(songs) - len(held)
+  assert [t.track_id for t in source.split("test")] == ["test/Someone Else - Test Song"]
+  lines = [r.getMessage() for r in caplog.records if "validation tracks" in r.getMessage()]
+  assert lines == [
+    f"musdb:{root}: none of MUSDB18's 14 validation tracks is here; validation is {len(held)} "
+    f"of the 10 training songs instead (the 20 % chosen by a hash of the song name)"
+  ]
+
+
+def test_a_partial_musdb18_keeps_its_own_validation_names(tiny_musdb, caplog):
+  with caplog.at_level(logging.WARNING):
+    source = _open(f"musdb:{tiny_musdb}")
+  assert len(source.split("validation")) == 2
+  assert "validation tracks" not in caplog.text

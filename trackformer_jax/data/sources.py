@@ -199,6 +199,27 @@ def _never_empty_split(tracks: list[Track]) -> list[Track]:
   return [dataclasses.replace(t, split=move[1]) if t.song_id == move[0] else t for t in tracks]
 
 
+def _validation_from_training(spec: str, tracks: list[Track]) -> list[Track]:
+  """A MUSDB layout without MUSDB18's validation names (another corpus in its folders):
+  validation becomes the hash-chosen share of the training songs; test stays test."""
+  training = [t for t in tracks if t.split == "train"]
+  resplit = _never_empty_split(
+    [dataclasses.replace(t, split=hash_split(t.song_id)) for t in training]
+  )
+  by_id = {t.track_id: t for t in resplit}
+  held = {t.song_id for t in resplit if t.split == "validation"}
+  log.warning(
+    "%s: none of MUSDB18's %d validation tracks is here; validation is %d of the %d training "
+    "songs instead (the %d %% chosen by a hash of the song name)",
+    spec,
+    len(MUSDB_VALIDATION_TRACKS),
+    len(held),
+    len({t.song_id for t in training}),
+    round(HOLDOUT_FRACTION * 100),
+  )
+  return [by_id.get(t.track_id, t) for t in tracks]
+
+
 def _musdb_layout_candidates(root: Path, kind: str):
   """Yields ``(track_id, song_id, split, mixture_files, stem_files)`` for a MUSDB layout."""
   if not (root / "train").is_dir() and not (root / "test").is_dir():
@@ -429,6 +450,8 @@ def open_source(spec: str, *, sample_rate_hz: int, channels: int, strict: bool =
     )
   if kind in ("moisesdb", "moisesdb4", "folder"):
     tracks = _never_empty_split(tracks)
+  if kind == "musdb" and not any(t.split == "validation" for t in tracks):
+    tracks = _validation_from_training(spec, tracks)
   return Source(
     spec=spec,
     kind="moisesdb" if kind == "moisesdb4" else kind,
