@@ -286,3 +286,22 @@ def test_mixture_consistency_sums_to_mixture(channels):
 def test_mixture_consistency_rejects_bad_layouts():
   with pytest.raises(ValueError, match="batch, M"):
     mixture_consistency(jnp.zeros((2, 8, TIME)), jnp.zeros((2, 2, TIME)))
+
+
+def test_numpy_twins_agree_with_the_graph():
+  """scoring.remix and stitching.share_residual (numpy, whole songs) are the one-example
+  twins of mixit.remix and mixit.mixture_consistency."""
+  from trackformer_jax import scoring, stitching
+
+  outputs = np.asarray(_random((6, 2, TIME), 30))
+  labels = np.array([2, 0, 0, 3, 2, 0])  # reference 1 gets nothing: silent
+  mixing = np.eye(4, dtype=np.float32)[labels].T  # [K, N]
+  np.testing.assert_allclose(
+    scoring.remix(outputs, labels, 4), mixit.remix(mixing[None], outputs[None])[0], atol=1e-6
+  )
+  mixture = np.asarray(_random((2, TIME), 31))
+  np.testing.assert_allclose(
+    stitching.share_residual(outputs, mixture),
+    mixture_consistency(jnp.asarray(outputs)[None], jnp.asarray(mixture)[None])[0],
+    atol=1e-6,
+  )

@@ -41,7 +41,8 @@ def best_permutation(reference: np.ndarray, candidate: np.ndarray) -> np.ndarray
 def share_residual(estimates: np.ndarray, mixture: np.ndarray) -> np.ndarray:
   """Mixture consistency: ``estimates [N, C, T]`` shifted so that they sum to ``mixture [C, T]``.
 
-  The residual is shared equally among outputs (MixIT's unweighted projection).
+  The residual is shared equally among outputs: the numpy twin, for one whole song, of
+  ``losses.mixit.mixture_consistency``'s unweighted projection.
   """
   residual = mixture - estimates.sum(axis=0)
   return estimates + residual[None] / estimates.shape[0]

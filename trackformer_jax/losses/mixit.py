@@ -126,7 +126,7 @@ def mixit_loss(
     _best_assignment(estimates, mixtures, mixture_energy, required, num_mixtures, snr_max_db)
   )
 
-  remixed = jnp.einsum("bkm,bmt->bkt", mixing.astype(dtype), estimates, precision=_HIGHEST)
+  remixed = remix(mixing.astype(dtype), estimates, precision=_HIGHEST)
   residual_energy = jnp.sum((mixtures - remixed) ** 2, axis=-1)
   return thresholded_neg_snr(residual_energy, mixture_energy, snr_max_db), mixing
 
@@ -179,6 +179,16 @@ def _best_assignment(estimates, mixtures, mixture_energy, required, num_mixtures
   return first[best_first] + second[best_second]
 
 
+def remix(mixing: jax.Array, estimates: jax.Array, precision=None) -> jax.Array:
+  """``mixing [B, K, M]`` applied to ``estimates [B, M, ...]``: the K remixed ``[B, K, ...]``.
+
+  The one remix of the graph (the loss, and the MixIT task's MoM and stem estimates);
+  ``scoring.remix`` is its numpy twin for whole songs, from labels (tests/test_mixit.py checks
+  that they agree).
+  """
+  return jnp.einsum("bkm,bm...->bk...", mixing, estimates, precision=precision)
+
+
 def mixture_consistency(
   estimates: jax.Array, mixture: jax.Array, weights: jax.Array | None = None
 ) -> jax.Array:
@@ -197,6 +207,9 @@ def mixture_consistency(
 
   Returns:
     Estimates of the same shape whose sum over M equals ``mixture``.
+
+  ``stitching.share_residual`` is its numpy twin for whole songs (the unweighted case, one
+  example; tests/test_mixit.py checks that they agree).
   """
   if mixture.shape != estimates.shape[:1] + estimates.shape[2:]:
     raise ValueError(
