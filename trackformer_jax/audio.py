@@ -18,7 +18,6 @@ import dataclasses
 import math
 import os
 import struct
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -26,6 +25,7 @@ import soundfile as sf
 import soxr
 
 from trackformer_jax import decode
+from trackformer_jax.atomic_files import atomic_path
 
 # Source samples read on each side of a resampled segment, so that the resampling filter
 # sees real signal at the segment's edges instead of an implicit zero (soxr's HQ filter is
@@ -385,12 +385,5 @@ def write_audio(
     raise AudioError(path, f"unsupported extension {extension!r} (wav, flac, ogg, aiff)")
   folder = os.path.dirname(os.path.abspath(path))
   os.makedirs(folder, exist_ok=True)
-  fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix="." + extension.lower())
-  os.close(fd)
-  try:
+  with atomic_path(path, prefix=".tmp-") as tmp:
     sf.write(tmp, audio.T, int(sample_rate_hz), subtype=subtype, format=container)
-    os.replace(tmp, path)
-  except BaseException:
-    if os.path.exists(tmp):
-      os.remove(tmp)
-    raise

@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from trackformer_jax import export as export_lib
+from trackformer_jax.atomic_files import atomic_path, write_json_atomic, write_text_atomic
 
 _HEAD_METRICS = (
   "stem_si_snri_db",
@@ -153,26 +153,14 @@ def plot_distributions(results: list[dict[str, Any]], path: str | os.PathLike) -
 
 def write_reports(results: list[dict[str, Any]], out: str | os.PathLike) -> list[pathlib.Path]:
   """``out`` (JSON), ``out`` with ``.md`` and ``.png``; each written whole or not at all."""
-  import tempfile
-
   out = pathlib.Path(out)
   out.parent.mkdir(parents=True, exist_ok=True)
   payload = results[0] if len(results) == 1 else results
-  export_lib.write_json_atomic(out, json_safe(payload))
-  table = out.with_suffix(".md")
-  fd, tmp = tempfile.mkstemp(prefix=f".{table.name}.", dir=out.parent)
-  with os.fdopen(fd, "w") as f:
-    f.write(markdown_table(results))
-  os.replace(tmp, table)
-  figure = out.with_suffix(".png")
-  fd, tmp = tempfile.mkstemp(prefix=f".{figure.name}.", suffix=".png", dir=out.parent)
-  os.close(fd)
-  try:
+  write_json_atomic(out, json_safe(payload))
+  table, figure = out.with_suffix(".md"), out.with_suffix(".png")
+  write_text_atomic(table, markdown_table(results))
+  with atomic_path(figure) as tmp:
     plot_distributions(results, tmp)
-    os.replace(tmp, figure)
-  except BaseException:
-    os.unlink(tmp)
-    raise
   return [out, table, figure]
 
 

@@ -17,6 +17,7 @@ import pathlib
 import sys
 from collections.abc import Sequence
 
+from trackformer_jax.atomic_files import write_json_atomic
 from trackformer_jax.inference.exporting import export_model, export_workdir
 from trackformer_jax.inference.loading import (
   LoadedModel,
@@ -40,7 +41,6 @@ from trackformer_jax.inference.model_folder import (
   read_model_config,
   read_stem_map,
   save_stem_map,
-  write_json_atomic,
 )
 
 __all__ = [

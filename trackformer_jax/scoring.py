@@ -15,9 +15,9 @@ import numpy as np
 import scipy.signal
 
 from trackformer_jax import baselines, metrics
+from trackformer_jax.data.tracks import STEM_NAMES
 from trackformer_jax.losses.mixit import assignment_labels, thresholded_neg_snr
 
-STEM_NAMES = ("vocals", "bass", "drums", "other")
 SILENT_STEM_DB = -60.0  # a stem this far below the mixture (energy) is silent
 SILENT_ESTIMATE_FLOOR_DB = -80.0  # what metrics.si_snr gives a silent estimate
 MAX_ASSIGNMENTS = 2_000_000  # K^N beyond this: too many stems for the exact search
@@ -93,7 +93,11 @@ def _inner_products(outputs, references, chunk: int = 1 << 18):
 
 
 def remix(outputs: np.ndarray, labels: np.ndarray, num_references: int) -> np.ndarray:
-  """``outputs [N, ...]`` summed by ``labels [N]`` into ``[K, ...]`` (empty groups silent)."""
+  """``outputs [N, ...]`` summed by ``labels [N]`` into ``[K, ...]`` (empty groups silent).
+
+  The numpy twin of ``losses.mixit.remix`` (one example, from labels rather than a mixing
+  matrix), kept in numpy for whole songs.
+  """
   return np.stack([outputs[labels == k].sum(axis=0) for k in range(num_references)])
 
 

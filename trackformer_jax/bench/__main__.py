@@ -21,6 +21,7 @@ import subprocess
 import sys
 from collections.abc import Sequence
 
+from trackformer_jax.atomic_files import write_json_atomic
 from trackformer_jax.bench import SUITES, suite_key
 from trackformer_jax.bench.options import GIB, BenchOptions, default_host_memory_gib
 
@@ -162,9 +163,7 @@ def write_results(results: dict, path: pathlib.Path) -> None:
   results = json_safe(results)
   check_results(results)
   path.parent.mkdir(parents=True, exist_ok=True)
-  temporary = path.with_suffix(path.suffix + ".tmp")
-  temporary.write_text(json.dumps(results, indent=1) + "\n")
-  os.replace(temporary, path)
+  write_json_atomic(path, results, indent=1)
 
 
 def merge_records(previous: list | None, records: list, module) -> list:

@@ -71,7 +71,7 @@ from trackformer_jax.data.instruments import (
 )
 
 SAMPLE_RATE_HZ = openmpt.SAMPLE_RATE_HZ
-STEM_NAMES = ("vocals", "bass", "drums", "other")
+STEM_NAMES = multitrack.STEM_NAMES
 EXTENSIONS = (".mod", ".xm", ".it", ".s3m")
 DEFAULT_SECONDS = 30.0
 DEFAULT_MAX_EXCERPTS = 3

@@ -8,7 +8,6 @@ The stems are quantised to 16 bits first and the mixture is their integer sum, s
 
 from __future__ import annotations
 
-import json
 import multiprocessing
 import os
 import shutil
@@ -18,9 +17,10 @@ from pathlib import Path
 import numpy as np
 
 from trackformer_jax import audio
+from trackformer_jax.atomic_files import write_json_atomic
+from trackformer_jax.data.tracks import STEM_NAMES
 
 SAMPLE_RATE_HZ = 44100
-STEM_NAMES = ("vocals", "bass", "drums", "other")
 _FADE_SECONDS = 0.05
 # The Debian package that installs each SoundFont this project names (launch/setup.sh).
 SOUNDFONT_PACKAGES = {
@@ -54,10 +54,8 @@ def synthesise(pretty_midi, instruments, soundfont: str, workdir: str, name: str
 
 
 def write_json_whole(path: Path, obj) -> None:
-  """Writes JSON to a temporary name beside ``path``, then renames: whole or not at all."""
-  tmp = path.with_name(f".{path.name}.tmp")
-  tmp.write_text(json.dumps(obj, indent=1))
-  os.replace(tmp, path)
+  """Writes the corpus's JSON (indent 1, no final newline) whole or not at all."""
+  write_json_atomic(path, obj, indent=1, end="")
 
 
 def finished_track(out: Path, index: int) -> str | None:

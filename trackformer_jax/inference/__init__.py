@@ -1,6 +1,6 @@
 """Inference: exported model folders, loading a separator, exporting one.
 
-  model_folder.py  the folder's layout and JSON files: StemMap, write_json_atomic, ModelLoadError
+  model_folder.py  the folder's layout and JSON files: StemMap, ModelLoadError
   loading.py       LoadedModel, load_model (folder or workdir), random_init_model
   exporting.py     export_model, export_workdir (whole or not at all)
 

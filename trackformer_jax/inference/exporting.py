@@ -14,6 +14,7 @@ import jax
 import jax.numpy as jnp
 
 import trackformer_jax
+from trackformer_jax.atomic_files import write_json_atomic
 from trackformer_jax.inference.loading import (
   as_variables,
   config_channels,
@@ -28,7 +29,6 @@ from trackformer_jax.inference.model_folder import (
   PARAMS_DIR,
   StemMap,
   save_stem_map,
-  write_json_atomic,
 )
 
 _EXPORT_PLATFORMS = ("cpu", "cuda")

@@ -19,13 +19,14 @@ import dataclasses
 import json
 import os
 import pathlib
-import tempfile
 from typing import Any
 
 import ml_collections
 import numpy as np
 
-STEM_NAMES = ("vocals", "bass", "drums", "other")
+from trackformer_jax.atomic_files import write_json_atomic
+from trackformer_jax.data.tracks import STEM_NAMES
+
 EXPORT_FORMAT = "trackformer_jax.export/1"
 PARAMS_DIR = "params"
 CONFIG_FILE = "config.json"
@@ -98,21 +99,6 @@ class StemMap:
       )
     except (KeyError, TypeError, ValueError) as e:
       raise ModelLoadError(f"{source}: not a valid stem map ({e})") from e
-
-
-def write_json_atomic(path: str | os.PathLike, obj: Any) -> None:
-  """Writes JSON whole or not at all (temporary file in the same folder, then rename)."""
-  path = pathlib.Path(path)
-  fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-  try:
-    with os.fdopen(fd, "w") as f:
-      json.dump(obj, f, indent=2, sort_keys=False)
-      f.write("\n")
-    os.replace(tmp, path)
-  except BaseException:
-    if os.path.exists(tmp):
-      os.unlink(tmp)
-    raise
 
 
 def save_stem_map(model_dir: str | os.PathLike, stem_map: StemMap) -> pathlib.Path:

@@ -18,7 +18,8 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-STEM_NAMES = ("vocals", "bass", "drums", "other")
+from trackformer_jax.data.tracks import STEM_NAMES
+
 # The stem SI-SNR given to an estimate worse than this: a silent stem (which the assignment
 # may leave without any output), or an output that holds almost nothing of its stem.
 STEM_SI_SNR_FLOOR_DB = -30.0
@@ -81,11 +82,6 @@ def flatten_audio(x: jax.Array) -> jax.Array:
   return x.reshape(*x.shape[:-2], -1)
 
 
-def apply_mixing(mixing: jax.Array, estimates: jax.Array) -> jax.Array:
-  """mixing [B, K, M] and estimates [B, M, C, T] -> the K remixed sources [B, K, C, T]."""
-  return jnp.einsum("bkm,bmct->bkct", mixing, estimates)
-
-
 def eval_step(
   params: Any,
   batch: Mapping[str, jax.Array],
@@ -119,7 +115,7 @@ def eval_step(
   mom, mixtures = batch["mom"], batch["mixtures"]
   estimates, aux = model.apply(variables, mom, deterministic=True)
   loss, mixing = mixit.mixit_loss(estimates, mixtures, config.snr_max_db)
-  rebuilt = apply_mixing(mixing, estimates)  # [B, 2, C, T]
+  rebuilt = mixit.remix(mixing, estimates)  # [B, 2, C, T]
   reference = flatten_audio(mixtures)
   mom_si_snri = metrics_lib.si_snr_improvement(
     flatten_audio(rebuilt),
@@ -146,7 +142,7 @@ def eval_step(
     # free, the search may leave a hard stem empty, which scores the floor and makes the
     # untrained control look worse than it is.
     _, stem_mixing = mixit.mixit_loss(single_estimates, stems, config.snr_max_db, required=active)
-    stem_estimates = flatten_audio(apply_mixing(stem_mixing, single_estimates))
+    stem_estimates = flatten_audio(mixit.remix(stem_mixing, single_estimates))
     single_flat = jnp.broadcast_to(flatten_audio(singles)[:, None], stem_reference.shape)
     # An output-less (all-zero) stem estimate has no meaningful SI-SNR (it comes out near
     # 10·log10(eps), -80 dB, and would swamp every average): it scores the floor instead.
