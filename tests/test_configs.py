@@ -83,9 +83,8 @@ def test_config_loads_and_its_train_step_compiles(path):
   new_state, metrics = lowered.out_info
   assert jax.tree.structure(new_state) == jax.tree.structure(state)
   if config.model.name == "convtasnet":
-    # Lowered at real size, not compiled: XLA's CPU compiler needs ~3.5 CPU-minutes for
-    # convtasnet3's step (and longer for 30 s), which no CI budget affords; measured
-    # 2026-11-25, reported to the models issue. The Performer configs compile below.
+    # Lowered at real size, not compiled: XLA's CPU compiler takes minutes on Conv-TasNet's
+    # step, beyond any CI budget (docs/history.md). The Performer configs compile below.
     return
   # Whether the program compiles does not depend on how hard LLVM optimises it; skipping
   # the expensive passes halves the compile time of the real-size models.

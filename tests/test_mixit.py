@@ -93,8 +93,8 @@ def test_finds_the_true_assignment_and_reaches_the_snr_cap():
 @pytest.mark.parametrize(("num_mixtures", "num_estimates"), [(2, 8), (4, 8), (4, 7), (3, 5)])
 def test_batched_search_equals_per_example(num_mixtures, num_estimates):
   """The jitted search over a batch of 8 against one example at a time and against an exact
-  float64 ranking of every assignment. Written with two Gram dots, the search returned the
-  first example's terms for every example of a batch >= 4 under jit (jax 0.10.2, CPU)."""
+  float64 ranking of every assignment: the guard against the two-dot miscompilation of a
+  batched search (docs/history.md)."""
   estimates = _random((8, num_estimates, TIME), 21)
   mixtures = _random((8, num_mixtures, TIME), 22)
   loss, mixing = mixit_loss(estimates, mixtures)

@@ -19,7 +19,7 @@ MODEL_OF_PREFIX = {"perf": "performer", "convtasnet": "convtasnet", "dense": "de
 SECONDS = (3, 5, 10, 30)
 # Beyond the configs: the Performer at 60 and 120 s shows how its memory grows with length.
 PERFORMER_EXTRA_SECONDS = (60, 120)
-PERFORMER_TARGET_GIB = 16.0  # the issue's target for perf30
+PERFORMER_TARGET_GIB = 16.0  # issue 9's target for perf30
 CONVTASNET_OOM_GIB = 32.0  # the seed's card: its 30 s Conv-TasNet did not fit
 
 

@@ -45,7 +45,7 @@ SECONDS = (3, 5, 10, 30)
 SMOKE_SECONDS = (0.5,)
 SMOKE_EVAL_SECONDS = 0.5
 PREFIX = {"performer": "perf", "convtasnet": "convtasnet"}
-SEED_TABLE2_SPEEDUP_3S = 1.36  # the only number of the seed's tables the issue gives
+SEED_TABLE2_SPEEDUP_3S = 1.36  # the only number of the seed's tables issue 9 gives
 SCORES = ("stem_si_snri_db", "mom_si_snri_db", "mask_overlap", "effective_masks")
 
 

@@ -3,7 +3,7 @@
 Both run in one process on the same machine, one after the other, each step compiled exactly
 as the trainer compiles it (``train.compile_train_step``) and fed a fixed random batch (the
 step's cost does not depend on the audio). The seed reports epochs 1.36x faster at 3 s, a
-step-time ratio of 1/1.36 = 0.74; the issue aims for <= 0.5.
+step-time ratio of 1/1.36 = 0.74; issue 9 aims for <= 0.5 (the seed: docs/history.md).
 
 Each record also carries the step's floating-point operations as XLA counts them, the
 achieved TFLOP/s, the model FLOPs utilisation when ``--peak-tflops`` gives the device's

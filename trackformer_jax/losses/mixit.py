@@ -160,9 +160,8 @@ def _best_assignment(estimates, mixtures, mixture_energy, required, num_mixtures
 
   def search(stats):
     gram, cross, energy, needed = stats  # [M, M], [K, M], [K], [K] for one example
-    # Both halves in ONE dot with G. Written as two dots sharing G, jax 0.10.2's CPU
-    # compiler returned the first example's u and v for every example of a vmapped batch
-    # of 4 or more (K = 4, M = 8): test_batched_search_equals_per_example guards this.
+    # Both halves in ONE dot with G: two dots sharing G have been miscompiled for vmapped
+    # batches on the CPU (docs/history.md); test_batched_search_equals_per_example guards it.
     projected = jnp.einsum("pkm,mn->pkn", halves, gram, precision=_HIGHEST)
     own = jnp.sum(halves * (projected - 2.0 * cross), axis=-1)  # [P1 + P2, K]
     coupling = jnp.einsum("pkn,qkn->pqk", projected[:num_first], second, precision=_HIGHEST)

@@ -55,8 +55,8 @@ MODEL_FIELDS = ("task", "model", "sample_rate_hz", "channels")
 def check_same_model(workdir: pathlib.Path, config: ml_collections.ConfigDict) -> None:
   """Refuses to resume checkpoints trained as another model.
 
-  Parameters of the same shapes restore without complaint (quick.py's STFT hop changed
-  without changing one shape), so the run would go on silently as a hybrid of two models.
+  Parameters of the same shapes restore without complaint (an STFT hop, for one, changes
+  no shape), so the run would go on silently as a hybrid of two models.
   """
   try:
     saved = checkpoints.read_config(workdir).to_dict()
