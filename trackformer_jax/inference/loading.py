@@ -26,6 +26,7 @@ from trackformer_jax.inference.model_folder import (
   EXPORTED_FN_FILE,
   METADATA_FILE,
   PARAMS_DIR,
+  STEM_MAP_FILE,
   ModelLoadError,
   StemMap,
   read_model_config,
@@ -194,6 +195,9 @@ def load_model(
     raise ModelLoadError(f"{path}: neither an exported model nor a workdir (no {CONFIG_FILE})")
   config = read_model_config(path / CONFIG_FILE)
   stem_map = read_stem_map(path)
+  # Everything that can be checked without the weights is, before they are read: a damaged
+  # or foreign folder is one line naming it, not a traceback after minutes of work. A format
+  # this version cannot read is named first, before its config is judged.
 
   if (path / METADATA_FILE).exists():
     try:
@@ -204,7 +208,12 @@ def load_model(
       raise ModelLoadError(
         f"{path / METADATA_FILE}: format {metadata.get('format')!r}, expected {EXPORT_FORMAT!r}"
       )
-    variables = _restore_exported_variables(path, config, abstract=not use_exported_function)
+    missing = [k for k in ("sample_rate_hz", "channels", "num_outputs") if k not in metadata]
+    if missing:
+      raise ModelLoadError(f"{path / METADATA_FILE}: no {', '.join(missing)}")
+    _check_stem_map(path, stem_map, int(metadata["num_outputs"]))
+    target = None if use_exported_function else checked_abstract_variables(path, config)
+    variables = _restore_exported_variables(path, target)
     if use_exported_function:
       model = _load_exported_function(path, metadata, variables, config, name, stem_map)
     else:
@@ -216,14 +225,16 @@ def load_model(
 
   from trackformer_jax import checkpoints
 
+  checked_abstract_variables(path, config)
+  _check_stem_map(path, stem_map, int(config.model.get("num_outputs", 8)))
   try:
     config_from_ckpt, params, source = checkpoints.load_weights(
       str(path), which=checkpoint, weights=weights
     )
   except checkpoints.CheckpointError as e:
     raise ModelLoadError(str(e)) from e
-  except (FileNotFoundError, ValueError, KeyError) as e:
-    raise ModelLoadError(f"{path}: cannot load checkpoint {checkpoint!r} ({e})") from e
+  except Exception as e:  # noqa: BLE001  orbax and tensorstore raise bare Exception
+    raise ModelLoadError(f"{path}: cannot load checkpoint {checkpoint!r} ({_short(e)})") from e
   config = ml_collections.ConfigDict(config_from_ckpt) if config_from_ckpt is not None else config
   model = model_from_variables(
     config, as_variables(params), name=name, stem_map=stem_map, path=str(path)
@@ -238,21 +249,66 @@ def _exported_source(metadata: dict) -> dict[str, Any]:
   return {key: value for key, value in recorded.items() if value is not None}
 
 
-def _restore_exported_variables(path: pathlib.Path, config, *, abstract: bool):
+def checked_abstract_variables(path: pathlib.Path, config):
+  """``abstract_variables(config)``, or ModelLoadError naming the field the config lacks."""
+  model = config.get("model")
+  if model is None:
+    raise ModelLoadError(f"{path / CONFIG_FILE}: no model section")
+  try:
+    return abstract_variables(config)
+  except (AttributeError, KeyError) as e:
+    field = str(e).strip("\"' ")
+    raise ModelLoadError(
+      f"{path / CONFIG_FILE}: model.{field} is missing, and model {model.get('name')!r} needs "
+      "it (a folder from another version?)"
+    ) from e
+  except (TypeError, ValueError) as e:
+    raise ModelLoadError(f"{path / CONFIG_FILE}: cannot build the model ({_short(e)})") from e
+
+
+def _check_stem_map(path: pathlib.Path, stem_map: StemMap | None, num_outputs: int) -> None:
+  if stem_map is not None and stem_map.num_outputs != num_outputs:
+    raise ModelLoadError(
+      f"{path / STEM_MAP_FILE}: maps {stem_map.num_outputs} outputs, but the model has "
+      f"{num_outputs}; rerun calibrate on this model"
+    )
+
+
+def _short(error: BaseException) -> str:
+  """The first line of the innermost cause: tensorstore appends pages of spec JSON."""
+  while error.__cause__ is not None:
+    error = error.__cause__
+  line = (str(error).strip().splitlines() or [type(error).__name__])[0]
+  return line.split(" [tensorstore_spec=")[0][:300]
+
+
+# Written by every orbax OCDBT save; without them the restore fails deep inside tensorstore.
+_PARAMS_FILES = ("_METADATA", "manifest.ocdbt")
+
+
+def _restore_exported_variables(path: pathlib.Path, target):
+  """The exported variables, into ``target`` (abstract: checks shapes, allocates once) or,
+  with None, as saved."""
   import orbax.checkpoint as ocp
 
   params_dir = (path / PARAMS_DIR).resolve()
-  if not params_dir.exists():
+  if not params_dir.is_dir():
     raise ModelLoadError(f"{path}: no {PARAMS_DIR}/ checkpoint")
+  missing = [name for name in _PARAMS_FILES if not (params_dir / name).is_file()]
+  if missing:
+    raise ModelLoadError(
+      f"{params_dir}: incomplete parameters checkpoint (no {', '.join(missing)}); export "
+      "the model again"
+    )
   try:
     with ocp.StandardCheckpointer() as checkpointer:
-      if abstract:
-        # Restoring into the config's abstract tree checks shapes and never allocates twice.
-        target = abstract_variables(config)
+      if target is not None:
         return checkpointer.restore(params_dir, target)
       return checkpointer.restore(params_dir)
-  except (ValueError, FileNotFoundError, KeyError) as e:
-    raise ModelLoadError(f"{params_dir}: cannot restore the parameters ({e})") from e
+  except Exception as e:  # noqa: BLE001  orbax and tensorstore raise bare Exception
+    raise ModelLoadError(
+      f"{params_dir}: the parameters are damaged or do not fit the config ({_short(e)})"
+    ) from e
 
 
 def _load_exported_function(path, metadata, variables, config, name, stem_map) -> LoadedModel:
