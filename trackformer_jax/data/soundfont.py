@@ -80,8 +80,8 @@ def decompress_sf3(src: str | os.PathLike, dst: str | os.PathLike) -> int:
   pcm, records, cursor = [], [], 0
   count = len(headers) // _SHDR.size - 1  # the last record is the terminal 'EOS'
   for i in range(count):
-    name, start, end, loop_start, loop_end, rate, pitch, correction, link, kind = (
-      _SHDR.unpack_from(headers, i * _SHDR.size)
+    name, start, end, loop_start, loop_end, rate, pitch, correction, link, kind = _SHDR.unpack_from(
+      headers, i * _SHDR.size
     )
     if kind & _OGG_VORBIS:
       try:
