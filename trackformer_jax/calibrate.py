@@ -3,7 +3,7 @@
 CLI::
 
   python -m trackformer_jax.calibrate --model MODEL --data musdb:PATH [--tracks 5]
-      [--split train] [--excerpts 4] [--excerpt-seconds 10]
+      [--split train] [--excerpts 4] [--excerpt-seconds 10] [--out STEM_MAP.json]
 
 MixIT trains without labels, so output ``i`` has no name. A trained network still gives each
 output slot a stable role, and a few labelled songs are enough to name them: each song is
@@ -16,12 +16,17 @@ that no output won takes the output that voted for it most among those whose ste
 outputs to spare, so every stem has at least one output.
 
 The map is written to ``MODEL/stem_map.json`` (exported folder or workdir), after which
-``separate`` writes ``vocals``, ``bass``, ``drums``, ``other`` instead of ``output_i``.
+``separate`` writes ``vocals``, ``bass``, ``drums``, ``other`` instead of ``output_i``; or,
+with ``--out FILE`` (a read-only model, say), to ``FILE``, for ``separate --stem-map FILE``.
+Where it is written is checked before any work. Each output's line shows its votes by stem,
+and a warning follows any output whose stem won under ``WEAK_AGREEMENT`` of its votes.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
+import pathlib
 import sys
 from collections.abc import Sequence
 
@@ -29,10 +34,14 @@ import numpy as np
 
 from trackformer_jax import evaluate
 from trackformer_jax import export as export_lib
+from trackformer_jax.atomic_files import write_json_atomic
 from trackformer_jax.separate import Separator
 
 STEM_NAMES = export_lib.STEM_NAMES
 _ABSTAIN_ENERGY_SHARE = 0.01
+# An output whose stem won fewer of its votes than this is named with a warning: the map may
+# change with other songs.
+WEAK_AGREEMENT = 0.6
 
 
 def excerpt_starts(num_frames: int, excerpt_frames: int, count: int) -> list[int]:
@@ -132,12 +141,48 @@ def get_parser() -> argparse.ArgumentParser:
   parser.add_argument("--excerpts", type=int, default=4, help="excerpts per song")
   parser.add_argument("--excerpt-seconds", type=float, default=10.0)
   parser.add_argument("--segment", type=float, default=None, metavar="SECONDS")
+  parser.add_argument(
+    "--out",
+    default=None,
+    metavar="STEM_MAP.json",
+    help="write the stem map here (for separate --stem-map) instead of into the model folder",
+  )
   return parser
+
+
+def stem_map_destination(model: str, out: str | None) -> pathlib.Path:
+  """Where the map goes; ValueError naming the folder when it cannot be written there."""
+  path = pathlib.Path(out) if out else pathlib.Path(model) / export_lib.STEM_MAP_FILE
+  folder = path.parent
+  if not folder.is_dir():
+    raise ValueError(f"{folder}: no such folder for the stem map")
+  if not os.access(folder, os.W_OK):
+    hint = "; give --out STEM_MAP.json to write it elsewhere" if out is None else ""
+    raise ValueError(f"{folder}: not writable, the stem map cannot be written there{hint}")
+  return path
+
+
+def describe(stem_map: export_lib.StemMap) -> tuple[list[str], list[str]]:
+  """(one line per output with its votes by stem, warnings for weakly agreed outputs)."""
+  votes = np.asarray(stem_map.votes)
+  lines, warnings = [], []
+  for i, stem in enumerate(stem_map.output_to_stem):
+    total = votes[i].sum()
+    share = votes[i][stem_map.stems.index(stem)] / max(total, 1)
+    by_stem = ", ".join(f"{name} {int(v)}" for name, v in zip(stem_map.stems, votes[i]))
+    lines.append(f"output_{i} -> {stem:6s} (votes {by_stem}; {share:.0%} agree)")
+    if share < WEAK_AGREEMENT:
+      warnings.append(
+        f"calibrate: warning: output_{i} -> {stem} has {share:.0%} of its {int(total)} votes, "
+        f"under {WEAK_AGREEMENT:.0%}; calibrate on more songs (--tracks) before trusting it"
+      )
+  return lines, warnings
 
 
 def main(argv: Sequence[str] | None = None) -> int:
   args = get_parser().parse_args(argv)
   try:
+    path = stem_map_destination(args.model, args.out)
     model = export_lib.load_model(args.model, checkpoint=args.checkpoint)
     stem_map = calibrate(
       model,
@@ -148,14 +193,14 @@ def main(argv: Sequence[str] | None = None) -> int:
       excerpt_seconds=args.excerpt_seconds,
       segment_seconds=args.segment,
     )
-    path = export_lib.save_stem_map(args.model, stem_map)
+    write_json_atomic(path, stem_map.to_json())
   except (ValueError, RuntimeError, OSError) as e:
     print(f"calibrate: {e}", file=sys.stderr)
     return 1
-  votes = np.asarray(stem_map.votes)
-  for i, stem in enumerate(stem_map.output_to_stem):
-    share = votes[i].max() / max(votes[i].sum(), 1)
-    print(f"output_{i} -> {stem:6s} (votes {votes[i].astype(int).tolist()}, {share:.0%} agree)")
+  lines, warnings = describe(stem_map)
+  print("\n".join(lines))
+  for warning in warnings:
+    print(warning, file=sys.stderr)
   print(f"wrote {path}")
   return 0
 

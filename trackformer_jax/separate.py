@@ -45,6 +45,7 @@ from trackformer_jax import (  # noqa: E402 - after the handler above
   stem_files,
 )
 from trackformer_jax import export as export_lib  # noqa: E402
+from trackformer_jax.inference import model_folder  # noqa: E402
 from trackformer_jax.separator import (  # noqa: E402
   FrameReader,
   SegmentCallback,
@@ -103,6 +104,18 @@ def get_parser() -> argparse.ArgumentParser:
     help="stems beyond what the format holds: scale every stem of the track by one factor "
     "(rescale, the default) or clamp the samples; a warning says which was needed",
   )
+  parser.add_argument(
+    "--stem-map",
+    default=None,
+    metavar="FILE",
+    help="name the outputs with this stem map (from calibrate --out) instead of the model's",
+  )
+  parser.add_argument(
+    "--two-stems",
+    default=None,
+    metavar="STEM",
+    help="write STEM and no_STEM (everything else) only; needs a stem map",
+  )
   parser.add_argument("--plots", action="store_true", help="one PNG per track")
   parser.add_argument("-j", "--jobs", type=int, default=1, help="tracks separated in parallel")
   parser.add_argument("--no-progress", action="store_true")
@@ -136,6 +149,20 @@ def _output_format(args) -> tuple[str, str]:
   return subtype, "FLAC" if args.flac else "WAV"
 
 
+def _name_stems(model, stem_map, args) -> None:
+  """Applies ``--stem-map`` and ``--two-stems`` to ``model`` (ValueError when they cannot)."""
+  if stem_map is not None:
+    model_folder.check_stem_map(args.stem_map, stem_map, model.num_outputs)
+    model.stem_map = stem_map
+  if args.two_stems:
+    if model.stem_map is None:
+      raise ValueError(
+        f"--two-stems {args.two_stems}: {args.model} has no stem map; run calibrate first, "
+        "or give --stem-map FILE"
+      )
+    model.stem_map = model_folder.two_stem_map(model.stem_map, args.two_stems)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
   args = get_parser().parse_args(argv)
   # Signals are taken from here on: the first one stops the work at its next check.
@@ -147,7 +174,10 @@ def _separate_all(args, stop: interrupts.StopRequest) -> int:
   try:
     subtype, file_format = _output_format(args)
     checkpoint = export_lib.parse_checkpoint(args.checkpoint)
+    # A stem map file is read before the model, so a bad one costs no loading.
+    stem_map = model_folder.read_stem_map_file(args.stem_map) if args.stem_map else None
     model = export_lib.load_model(args.model, checkpoint=checkpoint, weights=args.weights)
+    _name_stems(model, stem_map, args)
     separator = Separator(
       model,
       segment_seconds=args.segment,

@@ -29,6 +29,7 @@ from trackformer_jax.inference.model_folder import (
   STEM_MAP_FILE,
   ModelLoadError,
   StemMap,
+  check_stem_map,
   read_model_config,
   read_stem_map,
 )
@@ -211,7 +212,7 @@ def load_model(
     missing = [k for k in ("sample_rate_hz", "channels", "num_outputs") if k not in metadata]
     if missing:
       raise ModelLoadError(f"{path / METADATA_FILE}: no {', '.join(missing)}")
-    _check_stem_map(path, stem_map, int(metadata["num_outputs"]))
+    check_stem_map(path / STEM_MAP_FILE, stem_map, int(metadata["num_outputs"]))
     target = None if use_exported_function else checked_abstract_variables(path, config)
     variables = _restore_exported_variables(path, target)
     if use_exported_function:
@@ -226,7 +227,7 @@ def load_model(
   from trackformer_jax import checkpoints
 
   checked_abstract_variables(path, config)
-  _check_stem_map(path, stem_map, int(config.model.get("num_outputs", 8)))
+  check_stem_map(path / STEM_MAP_FILE, stem_map, int(config.model.get("num_outputs", 8)))
   try:
     config_from_ckpt, params, source = checkpoints.load_weights(
       str(path), which=checkpoint, weights=weights
@@ -264,14 +265,6 @@ def checked_abstract_variables(path: pathlib.Path, config):
     ) from e
   except (TypeError, ValueError) as e:
     raise ModelLoadError(f"{path / CONFIG_FILE}: cannot build the model ({_short(e)})") from e
-
-
-def _check_stem_map(path: pathlib.Path, stem_map: StemMap | None, num_outputs: int) -> None:
-  if stem_map is not None and stem_map.num_outputs != num_outputs:
-    raise ModelLoadError(
-      f"{path / STEM_MAP_FILE}: maps {stem_map.num_outputs} outputs, but the model has "
-      f"{num_outputs}; rerun calibrate on this model"
-    )
 
 
 def _short(error: BaseException) -> str:

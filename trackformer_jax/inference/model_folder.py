@@ -113,11 +113,41 @@ def read_stem_map(model_dir: str | os.PathLike) -> StemMap | None:
   path = pathlib.Path(model_dir) / STEM_MAP_FILE
   if not path.exists():
     return None
+  return read_stem_map_file(path)
+
+
+def read_stem_map_file(path: str | os.PathLike) -> StemMap:
+  """A stem map from its own file (``calibrate --out``, ``separate --stem-map``)."""
+  path = pathlib.Path(path)
   try:
     obj = json.loads(path.read_text())
-  except json.JSONDecodeError as e:
+  except OSError as e:
+    raise ModelLoadError(f"{path}: cannot read the stem map ({e.strerror})") from e
+  except (json.JSONDecodeError, UnicodeDecodeError) as e:
     raise ModelLoadError(f"{path}: not valid JSON ({e})") from e
+  if not isinstance(obj, dict):
+    raise ModelLoadError(f"{path}: not a valid stem map (not a JSON object)")
   return StemMap.from_json(obj, source=str(path))
+
+
+def check_stem_map(where: str | os.PathLike, stem_map: StemMap | None, num_outputs: int) -> None:
+  """ModelLoadError unless ``stem_map`` (from the file ``where``) fits ``num_outputs``."""
+  if stem_map is not None and stem_map.num_outputs != num_outputs:
+    raise ModelLoadError(
+      f"{where}: maps {stem_map.num_outputs} outputs, but the model has {num_outputs}; rerun "
+      "calibrate on this model"
+    )
+
+
+def two_stem_map(stem_map: StemMap, stem: str) -> StemMap:
+  """``stem`` and everything else (``no_<stem>``), as Demucs's ``--two-stems``."""
+  if stem not in stem_map.stems:
+    raise ModelLoadError(f"--two-stems {stem}: the stem map has {', '.join(stem_map.stems)}")
+  rest = f"no_{stem}"
+  return StemMap(
+    output_to_stem=tuple(stem if s == stem else rest for s in stem_map.output_to_stem),
+    stems=(stem, rest),
+  )
 
 
 def read_model_config(path: pathlib.Path) -> ml_collections.ConfigDict:
