@@ -35,6 +35,7 @@ import numpy as np
 from trackformer_jax import evaluate
 from trackformer_jax import export as export_lib
 from trackformer_jax.atomic_files import write_json_atomic
+from trackformer_jax.inference import loading
 from trackformer_jax.separate import Separator
 
 STEM_NAMES = export_lib.STEM_NAMES
@@ -206,4 +207,6 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-  sys.exit(main())
+  status = main()
+  loading.exit_now_if_reads_abandoned(status)
+  sys.exit(status)

@@ -45,7 +45,7 @@ from trackformer_jax import (  # noqa: E402 - after the handler above
   stem_files,
 )
 from trackformer_jax import export as export_lib  # noqa: E402
-from trackformer_jax.inference import model_folder  # noqa: E402
+from trackformer_jax.inference import loading, model_folder  # noqa: E402
 from trackformer_jax.separator import (  # noqa: E402
   FrameReader,
   SegmentCallback,
@@ -273,4 +273,5 @@ def _outcome(future: concurrent.futures.Future, track: str) -> tuple[bool, str]:
 if __name__ == "__main__":
   status = main()
   interrupts.leave_quietly_on_signal("")  # a Ctrl-C while the interpreter shuts down
+  loading.exit_now_if_reads_abandoned(status)
   sys.exit(status)

@@ -12,6 +12,7 @@ import dataclasses
 import json
 import os
 import pathlib
+import sys
 from collections.abc import Callable
 from typing import Any
 
@@ -299,9 +300,25 @@ def _restore_exported_variables(path: pathlib.Path, target):
         return checkpointer.restore(params_dir, target)
       return checkpointer.restore(params_dir)
   except Exception as e:  # noqa: BLE001  orbax and tensorstore raise bare Exception
+    _ABANDONED_READS.append(str(params_dir))
     raise ModelLoadError(
       f"{params_dir}: the parameters are damaged or do not fit the config ({_short(e)})"
     ) from e
+
+
+# Folders whose restore failed part-way: orbax closes its event loop at the first failed read
+# while the reads of other arrays are still running, and at interpreter shutdown those print
+# tracebacks (``Event loop is closed``) after the one-line message.
+_ABANDONED_READS: list[str] = []
+
+
+def exit_now_if_reads_abandoned(status: int) -> None:
+  """For a command's very end: leaves with ``status`` at once (``os._exit``, streams flushed)
+  when a failed restore left reads running, so its one-line message stays the last line."""
+  if _ABANDONED_READS:
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(status)
 
 
 def _load_exported_function(path, metadata, variables, config, name, stem_map) -> LoadedModel:
