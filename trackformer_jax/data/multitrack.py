@@ -8,10 +8,12 @@ The stems are quantised to 16 bits first and the mixture is their integer sum, s
 
 from __future__ import annotations
 
+import argparse
 import multiprocessing
 import os
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -131,3 +133,47 @@ def render_all(work, tracks: int, out_dir, *, jobs: int, progress: bool) -> list
         bar.update()
   bar.close()
   return [folders[i] for i in range(tracks) if folders[i] is not None]
+
+
+def corpus_main(
+  argv, *, prog: str, description: str, render, tracks: int, seconds: float, fonts
+) -> int:
+  """The command line of a FluidSynth corpus renderer: parses ``argv``, calls
+  ``render(out, tracks, seconds, seed, jobs, soundfonts, only_split=)`` (``fonts``: the
+  default SoundFonts), prints one line (an error, or what was rendered) and returns the exit
+  status."""
+  parser = argparse.ArgumentParser(prog=prog, description=description)
+  parser.add_argument("--out", required=True, help="output folder")
+  parser.add_argument("--tracks", type=int, default=tracks, help=f"how many (default {tracks})")
+  parser.add_argument(
+    "--seconds", type=float, default=seconds, help=f"length of each track (default {seconds})"
+  )
+  parser.add_argument(
+    "--soundfont",
+    action="append",
+    help="a General MIDI .sf2 / .sf3; repeat it to draw from several "
+    f"(default: {', '.join(fonts)})",
+  )
+  parser.add_argument("--seed", type=int, default=0)
+  parser.add_argument("-j", "--jobs", type=int, default=os.cpu_count() or 1)
+  parser.add_argument(
+    "--only-split",
+    choices=("train", "test"),
+    help="render only the tracks whose song falls in this split (e.g. a held-out test set)",
+  )
+  args = parser.parse_args(argv)
+  try:
+    folders = render(
+      args.out,
+      args.tracks,
+      args.seconds,
+      args.seed,
+      args.jobs,
+      args.soundfont or fonts,
+      only_split=args.only_split,
+    )
+  except (RuntimeError, FileNotFoundError, ValueError) as e:
+    print(f"error: {e}", file=sys.stderr)
+    return 1
+  print(f"{len(folders)} tracks, {len(folders) * args.seconds / 3600:.2f} h of audio in {args.out}")
+  return 0

@@ -42,7 +42,6 @@ Command line::
 
 from __future__ import annotations
 
-import argparse
 import functools
 import hashlib
 import json
@@ -466,52 +465,15 @@ def render_corpus(
 
 
 def main(argv: list[str] | None = None) -> int:
-  parser = argparse.ArgumentParser(
+  return multitrack.corpus_main(
+    argv,
     prog="python -m trackformer_jax.data.render",
-    description="Render the bundled multi-stem corpus (MUSDB18-HQ layout).",
+    description="Render the chorale multi-stem corpus (MUSDB18-HQ layout).",
+    render=render_corpus,
+    tracks=DEFAULT_TRACKS,
+    seconds=DEFAULT_SECONDS,
+    fonts=DEFAULT_SOUNDFONTS,
   )
-  parser.add_argument("--out", required=True, help="output folder")
-  parser.add_argument(
-    "--tracks",
-    type=int,
-    default=DEFAULT_TRACKS,
-    help=f"number of tracks (default {DEFAULT_TRACKS})",
-  )
-  parser.add_argument(
-    "--seconds",
-    type=float,
-    default=DEFAULT_SECONDS,
-    help=f"length of each track (default {DEFAULT_SECONDS})",
-  )
-  parser.add_argument(
-    "--soundfont",
-    action="append",
-    help="a General MIDI .sf2 / .sf3; repeat it to draw one per stem from several "
-    f"(default: {', '.join(DEFAULT_SOUNDFONTS)})",
-  )
-  parser.add_argument("--seed", type=int, default=0)
-  parser.add_argument("-j", "--jobs", type=int, default=os.cpu_count() or 1)
-  parser.add_argument(
-    "--only-split",
-    choices=("train", "test"),
-    help="render only the tracks whose song falls in this split (e.g. a held-out test set)",
-  )
-  args = parser.parse_args(argv)
-  try:
-    folders = render_corpus(
-      args.out,
-      args.tracks,
-      args.seconds,
-      args.seed,
-      args.jobs,
-      args.soundfont or DEFAULT_SOUNDFONTS,
-      only_split=args.only_split,
-    )
-  except (RuntimeError, FileNotFoundError, ValueError) as e:
-    print(f"error: {e}", file=sys.stderr)
-    return 1
-  print(f"{len(folders)} tracks, {len(folders) * args.seconds / 3600:.2f} h of audio in {args.out}")
-  return 0
 
 
 if __name__ == "__main__":

@@ -23,7 +23,6 @@ Command line::
 
 from __future__ import annotations
 
-import argparse
 import functools
 import os
 import sys
@@ -155,38 +154,15 @@ def render_songs(
 
 
 def main(argv: list[str] | None = None) -> int:
-  parser = argparse.ArgumentParser(
+  return multitrack.corpus_main(
+    argv,
     prog="python -m trackformer_jax.data.songs",
-    description="Render arranged songs in many styles, stem by stem (MUSDB18-HQ layout).",
+    description="Render arranged songs in many styles, part by part (MUSDB18-HQ layout).",
+    render=render_songs,
+    tracks=128,
+    seconds=30.0,
+    fonts=DEFAULT_SOUNDFONTS,
   )
-  parser.add_argument("--out", required=True, help="output folder")
-  parser.add_argument("--tracks", type=int, default=128, help="number of songs (default 128)")
-  parser.add_argument("--seconds", type=float, default=30.0, help="length of each (default 30)")
-  parser.add_argument(
-    "--soundfont",
-    action="append",
-    help="a General MIDI .sf2 / .sf3; repeat it to draw one per part from several "
-    f"(default: {', '.join(DEFAULT_SOUNDFONTS)})",
-  )
-  parser.add_argument("--seed", type=int, default=0)
-  parser.add_argument("-j", "--jobs", type=int, default=os.cpu_count() or 1)
-  parser.add_argument("--only-split", choices=("train", "test"))
-  args = parser.parse_args(argv)
-  try:
-    folders = render_songs(
-      args.out,
-      args.tracks,
-      args.seconds,
-      args.seed,
-      args.jobs,
-      args.soundfont or DEFAULT_SOUNDFONTS,
-      only_split=args.only_split,
-    )
-  except (RuntimeError, FileNotFoundError, ValueError) as e:
-    print(f"error: {e}", file=sys.stderr)
-    return 1
-  print(f"{len(folders)} songs, {len(folders) * args.seconds / 3600:.2f} h of audio in {args.out}")
-  return 0
 
 
 if __name__ == "__main__":
