@@ -32,7 +32,6 @@ from pathlib import Path
 import numpy as np
 
 from trackformer_jax.data import arrange, multitrack, production, render
-from trackformer_jax.data import soundfont as soundfont_files
 
 DEFAULT_SOUNDFONTS = render.DEFAULT_SOUNDFONTS
 
@@ -133,14 +132,9 @@ def render_songs(
   """Renders songs ``0 .. tracks-1`` into ``out_dir`` (finished ones are skipped); returns
   their folders in index order. ``soundfont``: one General MIDI SoundFont or a list, one
   drawn per part."""
-  if only_split not in (None, "train", "test"):
-    raise ValueError(f"only_split must be 'train' or 'test', got {only_split!r}")
-  soundfonts = multitrack.check_soundfonts(soundfont)
-  if tracks < 1 or seconds <= 0:
-    raise ValueError(f"need tracks >= 1 and seconds > 0, got {tracks}, {seconds}")
-  os.makedirs(out_dir, exist_ok=True)
-  render.check_settings(Path(out_dir), int(seed), float(seconds), soundfonts)
-  font_files = {font: soundfont_files.playable_soundfont(font) for font in soundfonts}
+  soundfonts, font_files = render.prepare_corpus(
+    out_dir, tracks, seconds, seed, soundfont, only_split
+  )
   work = functools.partial(
     render_song,
     out_dir=str(out_dir),
