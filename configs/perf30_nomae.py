@@ -4,10 +4,8 @@ random weights; everything else is the same.
   python -m trackformer_jax.main --config=configs/perf30_nomae.py [--config.data=musdb:PATH]
 """
 
-from configs import perf30
+from configs import perf
 
 
 def get_config():
-  config = perf30.get_config()
-  config.init_from = ""
-  return config
+  return perf.get_config("30,nomae")

@@ -4,10 +4,8 @@ random weights; everything else is the same.
   python -m trackformer_jax.main --config=configs/perf3_nomae.py [--config.data=musdb:PATH]
 """
 
-from configs import perf3
+from configs import perf
 
 
 def get_config():
-  config = perf3.get_config()
-  config.init_from = ""
-  return config
+  return perf.get_config("3,nomae")

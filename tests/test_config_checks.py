@@ -20,8 +20,6 @@ from trackformer_jax.training import state as state_lib
 from trackformer_jax.training import steps, workdir
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
-if str(REPO) not in sys.path:
-  sys.path.insert(0, str(REPO))
 
 
 def test_config(data_spec: str, overrides=None):

@@ -8,9 +8,8 @@ configs are lowered at real size but not compiled (see the test for the measured
 
 from __future__ import annotations
 
-import importlib
+import json
 import pathlib
-import sys
 
 import jax
 import pytest
@@ -18,10 +17,9 @@ from absl import flags
 from ml_collections import config_flags
 
 from trackformer_jax import models, train
+from trackformer_jax.training import config_files
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
-if str(REPO) not in sys.path:  # experiment configs import ``configs.default``
-  sys.path.insert(0, str(REPO))
 
 CONFIG_FILES = sorted((REPO / "configs").glob("*.py"))
 # Small enough to compile in a few seconds; the rest are real-size models.
@@ -35,7 +33,7 @@ pytestmark = pytest.mark.usefixtures("compilation_cache")
 
 
 def load_config(path: pathlib.Path):
-  return importlib.import_module(f"configs.{path.stem}").get_config()
+  return config_files.load_config(path.name)
 
 
 def test_the_experiment_files_are_all_there():
@@ -43,6 +41,31 @@ def test_the_experiment_files_are_all_there():
   expected = {f"perf{s}.py" for s in (3, 5, 10, 30)} | {f"convtasnet{s}.py" for s in (3, 5, 10, 30)}
   expected |= {"default.py", "perf30_stereo.py", "quick.py", "test.py"}
   assert expected <= names, sorted(expected - names)
+
+
+# Each file name's config as it was before the perf and Conv-TasNet variants became arguments
+# of one file; ``name:arg`` entries are files loaded with an argument.
+SNAPSHOTS = json.loads((REPO / "tests" / "config_snapshots.json").read_text())
+
+
+@pytest.mark.parametrize("name", sorted(SNAPSHOTS))
+def test_each_config_name_gives_the_config_it_always_gave(name):
+  # Through JSON as config.json is written; the dump keeps ints and floats apart.
+  config = json.loads(json.dumps(config_files.load_config(name).to_dict(), default=list))
+  assert json.dumps(config, sort_keys=True) == json.dumps(SNAPSHOTS[name], sort_keys=True)
+
+
+def test_a_config_argument_names_a_variant_or_fails_naming_the_file():
+  assert config_files.load_config("perf:5,nomae").to_dict() == (
+    config_files.load_config("perf5_nomae").to_dict()
+  )
+  assert config_files.load_config("configs/convtasnet.py:10").segment_seconds == 10.0
+  with pytest.raises(ValueError, match="configs/perf.py:30,mono"):
+    config_files.load_config("perf:30,mono")
+  with pytest.raises(ValueError, match="configs/convtasnet.py:long"):
+    config_files.load_config("convtasnet:long")
+  with pytest.raises(ValueError, match="no such config"):
+    config_files.load_config("perf31")
 
 
 @pytest.mark.parametrize(

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import pathlib
-import sys
 
 import flax
 import jax
@@ -20,8 +19,6 @@ from trackformer_jax import audio, calibrate, checkpoints, evaluate, separate
 from trackformer_jax import export as export_lib
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
-if str(REPO) not in sys.path:  # configs/test.py imports ``configs.default``
-  sys.path.insert(0, str(REPO))
 
 
 @flax.struct.dataclass

@@ -45,8 +45,6 @@ from trackformer_jax.training import workdir as workdir_lib
 from trackformer_jax.training.tasks import mae as mae_task
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
-if str(REPO) not in sys.path:
-  sys.path.insert(0, str(REPO))
 
 # A short schedule saved at every step, so that a kill lands among saves; evaluation only at
 # the start (the untrained control) and the end; the newest two steps kept.

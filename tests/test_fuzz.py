@@ -421,7 +421,6 @@ def test_a_whole_two_hour_file_is_verified_in_bounded_memory(two_hour_file):
 @pytest.mark.slow
 def test_python_m_separate_on_a_folder_of_bad_files(fuzz_corpus, tmp_path):
   folder, bad, good = fuzz_corpus
-  sys.path.insert(0, str(REPO))
   from configs import test as test_config
 
   config = test_config.get_config()

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import pathlib
-import sys
 
 import flax.linen as nn
 import jax
@@ -24,11 +23,8 @@ from trackformer_jax import audio as audio_lib
 from trackformer_jax import checkpoints, models, train
 from trackformer_jax.losses import mae as mae_loss
 from trackformer_jax.models import mae as mae_lib
+from trackformer_jax.training import config_files
 from trackformer_jax.training.tasks import mae as mae_task
-
-REPO = pathlib.Path(__file__).resolve().parents[1]
-if str(REPO) not in sys.path:  # experiment configs import ``configs.default``
-  sys.path.insert(0, str(REPO))
 
 LENGTH = 2000  # samples: 33 STFT frames at hop 64, 249 learned-front-end frames
 
@@ -326,10 +322,7 @@ def test_pretraining_beats_interpolation_and_transfers_exactly(clip_folder, tmp_
 
 
 def load_config(name: str, arg: str | None = None):
-  import importlib
-
-  module = importlib.import_module(f"configs.{name}")
-  return module.get_config(arg) if arg is not None else module.get_config()
+  return config_files.load_config(f"{name}:{arg}" if arg else name)
 
 
 def test_perf_configs_start_from_the_pretraining_run_and_their_twins_do_not():

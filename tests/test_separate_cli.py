@@ -39,8 +39,6 @@ class _SavedState:
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory, tiny_config):
   """An exported tiny model (8 kHz mono), through a two-step workdir as training leaves it."""
-  if str(REPO) not in sys.path:  # configs/test.py imports ``configs.default``
-    sys.path.insert(0, str(REPO))
   from configs import test as test_config
 
   config = tiny_config("chorales")

@@ -25,10 +25,6 @@ from trackformer_jax.training import workdir as workdir_lib
 from trackformer_jax.training.tasks import mixit as mixit_task
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
-# Experiment configs import ``configs.default``; plain ``pytest`` does not put the root on
-# sys.path.
-if str(REPO) not in sys.path:
-  sys.path.insert(0, str(REPO))
 
 
 # configs/test.py fixes the schedule (20 steps); every run below keeps it, so they all compile

@@ -1,13 +1,10 @@
 """The experiment configs the suites measure, loaded by file name from ``configs/``."""
 
-import importlib
-import pathlib
-import sys
-
 import ml_collections
 
+from trackformer_jax.training import config_files
+
 REDUCED_SAMPLE_RATE_HZ = 8000
-REPOSITORY = pathlib.Path(__file__).resolve().parents[2]
 
 
 def load_config(name: str) -> ml_collections.ConfigDict:
@@ -20,19 +17,7 @@ def load_config(name: str) -> ml_collections.ConfigDict:
     config = load_config("perf" + name[len("dense") :])
     config.model.name = "dense_transformer"
     return config
-  try:
-    module = importlib.import_module(f"configs.{name}")
-  except ModuleNotFoundError as error:
-    if error.name not in ("configs", f"configs.{name}"):
-      raise
-    # The config files import each other as `configs.*`, importable from the repository
-    # root (where `python -m trackformer_jax.main` runs); make that so from anywhere.
-    if str(REPOSITORY) not in sys.path:
-      sys.path.insert(0, str(REPOSITORY))
-    if not (REPOSITORY / "configs" / f"{name}.py").exists():
-      raise ValueError(f"{REPOSITORY / 'configs' / name}.py: no such config") from None
-    module = importlib.import_module(f"configs.{name}")
-  return module.get_config()
+  return config_files.load_config(name)
 
 
 def sized_config(name: str, segment_seconds: float | None = None) -> ml_collections.ConfigDict:

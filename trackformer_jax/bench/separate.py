@@ -19,9 +19,9 @@ import tempfile
 import numpy as np
 import soundfile
 
-from trackformer_jax.bench.experiments import REPOSITORY
 from trackformer_jax.bench.options import BenchOptions
 from trackformer_jax.resources import peak_rss_bytes
+from trackformer_jax.training.config_files import REPOSITORY
 
 SAMPLE_RATE_HZ = 44100
 CHANNELS = 2
