@@ -37,11 +37,14 @@ EVAL_PROGRESS_SECONDS = 10.0
 
 
 def train_batches(config: ml_collections.ConfigDict, start_step: int) -> Iterator[dict]:
-  """The task's training stream from batch ``start_step`` (``input_pipeline.train_batches``)."""
+  """The task's training stream from batch ``start_step``: the task's own ``train_batches``
+  where it has one (a task that reads two sources), else ``input_pipeline.train_batches``."""
   from trackformer_jax import input_pipeline
 
-  with_stems = tasks.get_task(config).WITH_STEMS
-  return input_pipeline.train_batches(config, start_step=start_step, with_stems=with_stems)
+  task = tasks.get_task(config)
+  if hasattr(task, "train_batches"):
+    return task.train_batches(config, start_step)
+  return input_pipeline.train_batches(config, start_step=start_step, with_stems=task.WITH_STEMS)
 
 
 def eval_batches(config: ml_collections.ConfigDict) -> Iterable[dict[str, np.ndarray]]:

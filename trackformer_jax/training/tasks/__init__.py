@@ -7,6 +7,7 @@ across hosts, checkpoints and writers). A task module defines:
   TRAIN_FIELDS       the batch fields its train step reads, e.g. ("mom", "mixtures")
   EVAL_FIELDS        the validation batch fields its eval step reads (None: all of them)
   WITH_STEMS         ``input_pipeline.train_batches``'s ``with_stems`` for its stream
+  train_batches(config, start_step)              optional: its own stream (e.g. two sources)
   validate_config(config)                        raises ConfigError for its own fields
   create_model(config) -> nn.Module
   training_loss(params, model, batch, rng, config) -> (loss [], parts {name: []})
@@ -27,7 +28,7 @@ from types import ModuleType
 
 import ml_collections
 
-TASK_NAMES = ("mixit", "mae")
+TASK_NAMES = ("mixit", "mae", "semisupervised")
 
 
 def get_task(config: ml_collections.ConfigDict | str) -> ModuleType:

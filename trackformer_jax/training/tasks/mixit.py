@@ -65,13 +65,24 @@ def training_loss(
   Returns:
     (loss [], parts): parts holds ``mixit``, ``diversity`` and ``sparsity`` (unweighted).
   """
-  mixit, masks = _loss_fns()
   estimates, aux = model.apply(
     {"params": params}, batch["mom"], deterministic=False, rngs={"dropout": rng}
   )
+  return mixit_objective(estimates, aux["masks"], batch, config)
+
+
+def mixit_objective(
+  estimates: jax.Array,
+  output_masks: jax.Array,
+  batch: Mapping[str, jax.Array],
+  config: ml_collections.ConfigDict,
+) -> tuple[jax.Array, dict[str, jax.Array]]:
+  """``training_loss`` from the model's outputs on ``batch["mom"]``: ``estimates`` [B, M, C, T]
+  and their ``output_masks`` (the model's ``aux["masks"]``); the same ``(loss, parts)``."""
+  mixit, masks = _loss_fns()
   mixit_per_example, _ = mixit.mixit_loss(estimates, batch["mixtures"], config.snr_max_db)
   mixit_term = jnp.mean(mixit_per_example)
-  diversity = jnp.mean(masks.diversity_loss(aux["masks"]))
+  diversity = jnp.mean(masks.diversity_loss(output_masks))
   sparsity = jnp.mean(masks.sparsity_loss(estimates, batch["mom"], kind=config.sparsity_kind))
   loss = mixit_term + config.diversity_weight * diversity + config.sparsity_weight * sparsity
   return loss, {"mixit": mixit_term, "diversity": diversity, "sparsity": sparsity}
