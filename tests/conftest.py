@@ -14,8 +14,8 @@ All are small (a few tracks of ~2 s at 8 kHz) so any test can use them freely:
 * ``tiny_chorales``  Path to a 3-track, 2-second corpus rendered by the real renderer
                      (FluidSynth, 44.1 kHz stereo; about 5 s to build).
 * ``tiny_config``    a function ``tiny_config(data_spec, **overrides) -> ConfigDict``:
-                     ``configs/default.py`` with 8 kHz mono, 0.5 s segments, batch 2,
-                     4 eval examples, overridden by keyword.
+                     ``configs/tiny.py:data`` (``default.py`` with 8 kHz mono, 0.5 s
+                     segments, batch 2, 4 eval examples), overridden by keyword.
 * ``compilation_cache`` (module scope) a persistent JAX compilation cache in a temporary
                      folder for the module's tests, caching every program; the module's
                      own JAX settings are restored after it. Use it with
@@ -26,7 +26,6 @@ Use the session paths read-only; copy them (``shutil.copytree``) before damaging
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import uuid
 from pathlib import Path
@@ -36,6 +35,7 @@ import numpy as np
 import pytest
 
 from trackformer_jax import audio
+from trackformer_jax.training import config_files
 
 TINY_RATE_HZ = 8000
 # Two of MUSDB's 14 validation names, so the tiny corpus has a non-empty validation split.
@@ -147,21 +147,9 @@ def tiny_chorales(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def tiny_config():
-  # Loaded by path: the repository root need not be on sys.path (plain `pytest` runs).
-  spec = importlib.util.spec_from_file_location(
-    "_tiny_default_config", Path(__file__).resolve().parents[1] / "configs" / "default.py"
-  )
-  default = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(default)
-
   def make(data_spec: str, **overrides):
-    config = default.get_config()
+    config = config_files.load_config("tiny:data")
     config.data = data_spec
-    config.sample_rate_hz = TINY_RATE_HZ
-    config.channels = 1
-    config.segment_seconds = 0.5
-    config.batch_size = 2
-    config.num_eval_examples = 4
     for key, value in overrides.items():
       setattr(config, key, value)
     return config

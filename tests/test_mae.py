@@ -30,14 +30,7 @@ LENGTH = 2000  # samples: 33 STFT frames at hop 64, 249 learned-front-end frames
 
 
 def tiny_config(frontend: str = "stft", **mae_overrides):
-  from configs import test as test_config
-
-  config = test_config.get_config()
-  config.task = "mae"
-  config.model.frontend = frontend
-  config.model.num_layers = 1
-  config.model.dropout_rate = 0.0
-  config.mae.decoder_layers = 1
+  config = config_files.load_config("tiny:mae,learned" if frontend == "learned" else "tiny:mae")
   for name, value in mae_overrides.items():
     setattr(config.mae, name, value)
   return config
