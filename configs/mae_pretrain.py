@@ -7,6 +7,9 @@ normalised log-magnitude spectra. Mixtures only: stems are never read.
 
   python -m trackformer_jax.main --config=configs/mae_pretrain.py   # -> runs/mae_pretrain
 
+The perf configs run this same pre-training themselves when ``runs/mae_pretrain`` has no
+finished run (their ``config.pretrain``), so this command is only needed on its own.
+
 ``get_config(arg)`` switches (``--config=configs/mae_pretrain.py:quick``):
   quick   ``quick.py``'s sizes (16 kHz, 2 s, 4 layers of width 128) for the quick ablation;
           pass ``--workdir`` and point ``quick.py``'s ``--config.init_from`` at it.

@@ -10,9 +10,13 @@ and cosine decay 1e-4 -> 1e-5, mono at 44.1 kHz, started from an Audio-MAE encod
   stereo  both channels separated; its encoder is pre-trained in stereo too (the STFT tokens
           hold both channels), in ``runs/mae_pretrain_stereo``.
 
-Starts from the Audio-MAE encoder of ``runs/mae_pretrain`` (shared by every segment length).
+Starts from the Audio-MAE encoder of ``runs/mae_pretrain`` (shared by every segment length),
+which the same command pre-trains first when no finished run is there (``config.pretrain``:
+``mae_pretrain.py``'s run), then reuses.
 ``perf3/5/10/30.py``, ``perf*_nomae.py`` and ``perf30_stereo.py`` name these variants.
 """
+
+import ml_collections
 
 from configs import default
 
@@ -31,6 +35,10 @@ def get_config(arg: str = "30"):
   config.model.name = "performer"
   config.segment_seconds = float(seconds)
   config.init_from = "runs/mae_pretrain"
+  # How the encoder is pre-trained where init_from has no finished run (training.recipe):
+  # this config with these fields, on 3 s segments for every segment length here, so that
+  # one pre-training serves all four.
+  config.pretrain = ml_collections.ConfigDict(dict(segment_seconds=3.0, num_train_steps=100_000))
   if "stereo" in switches:
     config.channels = 2
     config.init_from = "runs/mae_pretrain_stereo"

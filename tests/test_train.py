@@ -384,6 +384,8 @@ def test_the_colab_notebook_runs_in_tiny_mode(tiny_musdb, tmp_path, monkeypatch)
     exec(compile(source, f"colab.ipynb code cell {index}", "exec"), namespace)  # noqa: S102
   assert namespace["evaluations"], "the notebook printed no evaluation"
   assert (workdir / "config.json").is_file()
+  # The same one command as perf*.py: the encoder was pre-trained first, beside the run.
+  assert (tmp_path / "runs" / "colab_pretrain" / "config.json").is_file()
   exported = pathlib.Path(namespace["EXPORT_DIR"])
   assert exported.is_dir() and any(exported.iterdir())
 

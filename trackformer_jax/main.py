@@ -1,8 +1,10 @@
 r"""Trains a separator: ``python -m trackformer_jax.main --config=configs/perf30.py``.
 
-Flags only; the work is ``train.train_and_evaluate``. Any config field can be overridden, e.g.
-``--config.batch_size=8 --config.data=musdb:/data/musdb18hq``. ``--workdir`` defaults to
-``runs/<config file stem>``; a run restarted on the same workdir resumes where it stopped.
+Flags only; the work is ``train.train_recipe``: a config with a ``pretrain`` recipe first
+pre-trains its Audio-MAE encoder into ``config.init_from`` (unless a finished run is there),
+then trains MixIT from it. Any config field can be overridden, e.g. ``--config.batch_size=8
+--config.data=musdb:/data/musdb18hq``. ``--workdir`` defaults to ``runs/<config file stem>``;
+the same command restarted resumes whichever phase was interrupted.
 """
 
 import contextlib
@@ -64,7 +66,7 @@ def main(argv):
   single = jax.process_count() == 1
   try:
     with interrupts.graceful() if single else contextlib.nullcontext() as stop:
-      train.train_and_evaluate(FLAGS.config, workdir, stop=stop)
+      train.train_recipe(FLAGS.config, workdir, stop=stop)
   except TrainingInterrupted as stopped:
     print(f"training: {stopped}", file=sys.stderr)
     sys.exit(interrupts.EXIT_STATUS)

@@ -96,8 +96,12 @@ def validate_config(config: ml_collections.ConfigDict, num_devices: int | None =
       f"(model.{window_field} = {window})",
     )
   init_from = config.get("init_from", "")
+  # With a ``pretrain`` recipe, training.recipe pre-trains into init_from when it is missing.
   need(
-    not init_from or "://" in init_from or pathlib.Path(init_from).is_dir(),
+    not init_from
+    or "://" in init_from
+    or pathlib.Path(init_from).is_dir()
+    or config.get("pretrain") is not None,
     "init_from",
     "no such pre-training workdir; pre-train first with "
     "`python -m trackformer_jax.main --config=configs/mae_pretrain.py`, or train from "
