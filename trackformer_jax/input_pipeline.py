@@ -39,6 +39,7 @@ import tensorflow as tf
 
 from trackformer_jax import audio
 from trackformer_jax.data import sources
+from trackformer_jax.training.config_files import segment_samples
 
 log = logging.getLogger(__name__)
 
@@ -209,10 +210,6 @@ def open_config_source(config) -> sources.Source:
   )
 
 
-def segment_frames(config) -> int:
-  return int(round(config.segment_seconds * config.sample_rate_hz))
-
-
 def _dataset(maker: ExampleMaker, indices: tf.data.Dataset, batch_size: int, drop_remainder: bool):
   """indices -> parallel deterministic decode -> batch -> prefetch."""
   keys = ["mom", "mixtures"] + (["stems"] if maker.with_stems and not maker.remix_only else [])
@@ -270,7 +267,7 @@ def train_batches(
   read_stems = output_stems or (augment.remix_stems and source.has_stems)
   maker = ExampleMaker(
     tracks=tuple(tracks),
-    segment_frames=segment_frames(config),
+    segment_frames=segment_samples(config),
     channels=int(config.channels),
     seed=int(config.seed),
     host=host,
@@ -304,7 +301,7 @@ class EvalBatches:
     self._host, self._hosts = host, hosts
     self._maker = ExampleMaker(
       tracks=tuple(tracks),
-      segment_frames=segment_frames(config),
+      segment_frames=segment_samples(config),
       channels=int(config.channels),
       seed=EVAL_SEED,
       host=0,

@@ -6,6 +6,7 @@ loop and one module per task); this module names what callers use from it.
 """
 
 from trackformer_jax.training.config_checks import validate_config
+from trackformer_jax.training.config_files import segment_samples
 from trackformer_jax.training.errors import ConfigError, NonFiniteError, WorkdirError
 from trackformer_jax.training.loop import train_and_evaluate
 from trackformer_jax.training.recipe import pretraining_config, train_recipe
@@ -15,7 +16,6 @@ from trackformer_jax.training.state import (
   create_mesh,
   create_optimizer,
   init_train_state,
-  segment_samples,
 )
 from trackformer_jax.training.steps import compile_train_step, evaluate, train_step
 from trackformer_jax.training.transfer import transfer_encoder

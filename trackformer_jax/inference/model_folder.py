@@ -151,8 +151,14 @@ def two_stem_map(stem_map: StemMap, stem: str) -> StemMap:
 
 
 def read_model_config(path: pathlib.Path) -> ml_collections.ConfigDict:
-  """The ConfigDict in a model folder's or workdir's ``config.json`` at ``path``."""
+  """The ConfigDict in a model folder's or workdir's ``config.json`` at ``path``.
+
+  Read by ``checkpoints.read_config``, the one reader of a run's config, its error given as
+  a ``ModelLoadError``.
+  """
+  from trackformer_jax import checkpoints  # orbax is imported only once a config is read
+
   try:
-    return ml_collections.ConfigDict(json.loads(path.read_text()))
-  except (OSError, json.JSONDecodeError, TypeError) as e:
-    raise ModelLoadError(f"{path}: cannot read the config ({e})") from e
+    return checkpoints.read_config(pathlib.Path(path).parent)
+  except checkpoints.CheckpointError as e:
+    raise ModelLoadError(str(e)) from None

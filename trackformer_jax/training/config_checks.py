@@ -9,11 +9,10 @@ from typing import Any
 
 import ml_collections
 
+from trackformer_jax.losses.masks import SPARSITY_KINDS
 from trackformer_jax.training import tasks
+from trackformer_jax.training.config_files import segment_samples
 from trackformer_jax.training.errors import ConfigError
-from trackformer_jax.training.state import segment_samples
-
-SPARSITY_KINDS = ("rms_ratio", "entropy")
 
 
 def validate_config(config: ml_collections.ConfigDict, num_devices: int | None = None) -> None:
@@ -77,7 +76,7 @@ def validate_config(config: ml_collections.ConfigDict, num_devices: int | None =
   need(isinstance(config.get("init_from", ""), str), "init_from", "expected a workdir or ''")
   tasks.get_task(config).validate_config(config)
   if config.model.get("frontend") == "stft" and config.model.name != "convtasnet":
-    segment = int(round(config.segment_seconds * config.sample_rate_hz))
+    segment = segment_samples(config)
     need(number("model.hop") >= 1, "model.hop", "must be at least 1")
     need(
       segment >= config.model.n_fft,

@@ -1,4 +1,5 @@
-"""The repository's experiment configs by name: ``load_config("perf:30")``.
+"""The repository's experiment configs by name (``load_config("perf:30")``), and the one
+length every part derives from a config (``segment_samples``).
 
 The files in ``configs/`` import each other as ``configs.*``, so they load from the repository
 root, where ``python -m trackformer_jax.main`` runs; this loads them from anywhere, the way
@@ -15,6 +16,11 @@ import ml_collections
 
 REPOSITORY = pathlib.Path(__file__).resolve().parents[2]
 CONFIG_DIR = REPOSITORY / "configs"
+
+
+def segment_samples(config: ml_collections.ConfigDict) -> int:
+  """The length T of one training example in samples."""
+  return int(round(config.segment_seconds * config.sample_rate_hz))
 
 
 def load_config(spec: str) -> ml_collections.ConfigDict:

@@ -19,10 +19,7 @@ import optax
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-
-def segment_samples(config: ml_collections.ConfigDict) -> int:
-  """The length T of one training example in samples."""
-  return int(round(config.segment_seconds * config.sample_rate_hz))
+from trackformer_jax.training.config_files import segment_samples
 
 
 @flax.struct.dataclass
