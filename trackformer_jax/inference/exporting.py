@@ -14,7 +14,7 @@ import jax
 import jax.numpy as jnp
 
 import trackformer_jax
-from trackformer_jax.atomic_files import write_json_atomic
+from trackformer_jax.atomic_files import follow_umask, write_json_atomic
 from trackformer_jax.inference.loading import (
   as_variables,
   config_channels,
@@ -82,6 +82,7 @@ def export_model(
   }
 
   staging = pathlib.Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
+  follow_umask(staging, folder=True)  # it becomes out_dir
   try:
     with ocp.StandardCheckpointer() as checkpointer:
       checkpointer.save((staging / PARAMS_DIR).resolve(), variables)
