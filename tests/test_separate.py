@@ -274,7 +274,9 @@ def test_every_bad_input_gives_its_message_and_the_others_go_on(tmp_path, monkey
     assert not (tmp_path / "sep/bands" / pathlib.Path(name).stem).exists()
   assert not [p for p in (tmp_path / "sep/bands").iterdir() if p.name.startswith(".")]
   assert [line for line in err if str(duplicate) in line] == [
-    f"separate: {duplicate}: same name as {tmp_path / 'in/good.wav'}; would overwrite it"
+    f"separate: {duplicate}: would write {tmp_path / 'sep/bands/good/output_0.wav'}, as "
+    f"{tmp_path / 'in/good.wav'} does; tell them apart with --filename, e.g. "
+    '"{folder}/{track}/{stem}.{ext}"'
   ]
   assert err[-1] == f"separate: {len(expected) + 1} of {len(tracks)} tracks failed"
 

@@ -2,8 +2,8 @@
 
 ::
 
-  python -m trackformer_jax.export --workdir runs/x [--checkpoint best] [--weights ema|raw]
-      --out exported/x
+  python -m trackformer_jax.export --model runs/x [--checkpoint best] [--weights ema|raw]
+      [-d cpu|gpu] --out exported/x      (--workdir: the older name of --model)
 
 The library (model folders, ``load_model``, ``export_model``, ``StemMap``) lives in
 ``trackformer_jax.inference``; the names below are re-exported, so ``export.load_model``
@@ -17,92 +17,38 @@ import pathlib
 import sys
 from collections.abc import Sequence
 
-from trackformer_jax.atomic_files import write_json_atomic
-from trackformer_jax.inference.exporting import export_model, export_workdir
-from trackformer_jax.inference.loading import (
-  LoadedModel,
-  abstract_variables,
-  config_sample_rate,
-  init_variables,
-  load_model,
-  model_from_variables,
-  random_init_model,
-)
-from trackformer_jax.inference.model_folder import (
-  CONFIG_FILE,
-  EXPORT_FORMAT,
-  EXPORTED_FN_FILE,
-  METADATA_FILE,
-  PARAMS_DIR,
-  STEM_MAP_FILE,
-  STEM_NAMES,
-  ModelLoadError,
-  StemMap,
-  read_model_config,
-  read_stem_map,
-  save_stem_map,
-)
+from trackformer_jax import command_line
+from trackformer_jax.command_line import add_weights_argument, parse_checkpoint
 
-__all__ = [
-  "CONFIG_FILE",
-  "EXPORTED_FN_FILE",
-  "EXPORT_FORMAT",
-  "METADATA_FILE",
-  "PARAMS_DIR",
-  "STEM_MAP_FILE",
-  "STEM_NAMES",
-  "LoadedModel",
-  "ModelLoadError",
-  "StemMap",
-  "abstract_variables",
-  "add_weights_argument",
-  "export_model",
-  "export_workdir",
-  "get_parser",
-  "init_variables",
-  "load_model",
-  "main",
-  "model_from_variables",
-  "parse_checkpoint",
-  "random_init_model",
-  "read_stem_map",
-  "save_stem_map",
-  "write_json_atomic",
-]
+_LOADING_NAMES = ("LoadedModel", "abstract_variables", "config_sample_rate", "init_variables")
+_LOADING_NAMES += ("load_model", "model_from_variables", "random_init_model")
+_FOLDER_NAMES = ("CONFIG_FILE", "EXPORT_FORMAT", "EXPORTED_FN_FILE", "METADATA_FILE")
+_FOLDER_NAMES += ("PARAMS_DIR", "STEM_MAP_FILE", "STEM_NAMES", "ModelLoadError", "StemMap")
+_FOLDER_NAMES += ("read_model_config", "read_stem_map", "save_stem_map")
+# The library names this module has always offered, imported on first use: --help stays fast.
+_LAZY_NAMES = {
+  "write_json_atomic": "trackformer_jax.atomic_files:write_json_atomic",
+  "export_model": "trackformer_jax.inference.exporting:export_model",
+  "export_workdir": "trackformer_jax.inference.exporting:export_workdir",
+  **{name: f"trackformer_jax.inference.loading:{name}" for name in _LOADING_NAMES},
+  **{name: f"trackformer_jax.inference.model_folder:{name}" for name in _FOLDER_NAMES},
+}
+
+__all__ = [*_LAZY_NAMES, "add_weights_argument", "get_parser", "main", "parse_checkpoint"]
 
 
-def parse_checkpoint(value: str) -> str | int:
-  """``best`` | ``latest`` | a step number."""
-  if value in ("best", "latest"):
-    return value
-  try:
-    return int(value)
-  except ValueError:
-    raise argparse.ArgumentTypeError(
-      f"--checkpoint: best, latest or a step, got {value!r}"
-    ) from None
-
-
-def add_weights_argument(parser: argparse.ArgumentParser) -> None:
-  """``--weights ema|raw``: the one spelling of the choice for every tool that loads a workdir."""
-  from trackformer_jax.checkpoints import WEIGHTS  # orbax: imported only where it is used
-
-  parser.add_argument(
-    "--weights",
-    choices=WEIGHTS,
-    default="ema",
-    help="for a workdir: ema, the weights' moving average where the run kept one (the "
-    "weights its validation scored; the default), or raw, the weights themselves",
-  )
+def __getattr__(name: str):
+  return command_line.lazy_attribute(globals(), _LAZY_NAMES, name)
 
 
 def get_parser() -> argparse.ArgumentParser:
   parser = argparse.ArgumentParser(
     prog="python -m trackformer_jax.export", description="Export a trained separator."
   )
-  parser.add_argument("--workdir", required=True, help="training workdir")
+  command_line.add_model_argument(parser, "the training workdir to export")
   parser.add_argument("--checkpoint", type=parse_checkpoint, default="best")
   add_weights_argument(parser)
+  command_line.add_device_argument(parser)
   parser.add_argument("--out", required=True, help="destination folder, e.g. exported/x")
   parser.add_argument(
     "--jax-export",
@@ -117,24 +63,32 @@ def get_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-  args = get_parser().parse_args(argv)
+  command_line.quiet_startup()
+  parser = get_parser()
+  args = parser.parse_args(argv)
+  command_line.require_model(parser, args)
+  from trackformer_jax.inference.exporting import export_workdir
+  from trackformer_jax.inference.loading import config_sample_rate
+  from trackformer_jax.inference.model_folder import CONFIG_FILE, ModelLoadError, read_model_config
+
   shape = None
   try:
+    command_line.select_device(args.device)
     if args.jax_export is not None:
-      config = read_model_config(pathlib.Path(args.workdir) / CONFIG_FILE)
+      config = read_model_config(pathlib.Path(args.model) / CONFIG_FILE)
       shape = (args.jax_export_batch, round(args.jax_export * config_sample_rate(config)))
     out = export_workdir(
-      args.workdir,
+      args.model,
       args.out,
       checkpoint=args.checkpoint,
       weights=args.weights,
       export_function_shape=shape,
       overwrite=args.overwrite,
     )
-  except (ModelLoadError, FileExistsError) as e:
+  except (ModelLoadError, FileExistsError, command_line.DeviceError) as e:
     print(f"export: {e}", file=sys.stderr)
     return 1
-  print(f"exported {args.workdir} ({args.checkpoint}) to {out}")
+  print(f"exported {args.model} ({args.checkpoint}) to {out}")
   return 0
 
 

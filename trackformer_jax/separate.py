@@ -30,36 +30,47 @@ from __future__ import annotations
 
 import argparse
 import concurrent.futures
+import os
 import pathlib
 import sys
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
-from trackformer_jax import interrupts
+from trackformer_jax import command_line, interrupts
+
+if TYPE_CHECKING:  # imported on first use instead, by __getattr__ below
+  from trackformer_jax.separator import (
+    FrameReader,
+    SegmentCallback,
+    SeparationError,
+    SeparationResult,
+    Separator,
+    track_name,
+  )
+  from trackformer_jax.stitching import (
+    best_permutation,
+    overlap_add_weights,
+    share_residual,
+    spread_over_channels,
+  )
 
 if __name__ == "__main__":
-  # Ctrl-C while the libraries below load (seconds: JAX): nothing has started yet.
+  # Ctrl-C while the libraries load (seconds: JAX): nothing has started yet.
   interrupts.leave_quietly_on_signal("separate: interrupted while starting; nothing written")
 
-from trackformer_jax import (  # noqa: E402 - after the handler above
-  audio,  # noqa: F401 - tests patch separate.audio.read_audio
-  stem_files,
-)
-from trackformer_jax import export as export_lib  # noqa: E402
-from trackformer_jax.inference import loading, model_folder  # noqa: E402
-from trackformer_jax.separator import (  # noqa: E402
-  FrameReader,
-  SegmentCallback,
-  SeparationError,
-  SeparationResult,
-  Separator,
-  track_name,
-)
-from trackformer_jax.stitching import (  # noqa: E402
-  best_permutation,
-  overlap_add_weights,
-  share_residual,
-  spread_over_channels,
-)
+# The library names this module has always offered, imported on first use: --help stays fast.
+_SEPARATOR_NAMES = ("FrameReader", "SegmentCallback", "SeparationError", "SeparationResult")
+_STITCHING_NAMES = ("best_permutation", "overlap_add_weights", "share_residual")
+_LAZY_NAMES = {
+  "audio": "trackformer_jax.audio",  # tests patch separate.audio.read_audio
+  "export_lib": "trackformer_jax.export",
+  "stem_files": "trackformer_jax.stem_files",
+  "Separator": "trackformer_jax.separator:Separator",
+  "track_name": "trackformer_jax.separator:track_name",
+  "spread_over_channels": "trackformer_jax.stitching:spread_over_channels",
+  **{name: f"trackformer_jax.separator:{name}" for name in _SEPARATOR_NAMES},
+  **{name: f"trackformer_jax.stitching:{name}" for name in _STITCHING_NAMES},
+}
 
 __all__ = [
   "FrameReader",
@@ -77,16 +88,35 @@ __all__ = [
 ]
 
 
+def __getattr__(name: str):
+  return command_line.lazy_attribute(globals(), _LAZY_NAMES, name)
+
+
 def get_parser() -> argparse.ArgumentParser:
   parser = argparse.ArgumentParser(
     prog="python -m trackformer_jax.separate",
     description="Separate songs into the model's outputs (or stems, with a stem map).",
   )
   parser.add_argument("tracks", nargs="+", metavar="TRACK", help="audio files (any FFmpeg decodes)")
-  parser.add_argument("--model", required=True, help="exported folder or training workdir")
+  command_line.add_model_argument(parser, "exported folder or training workdir")
   parser.add_argument("--checkpoint", default="best", help="workdir checkpoint: best|latest|STEP")
-  export_lib.add_weights_argument(parser)
+  command_line.add_weights_argument(parser)
+  command_line.add_device_argument(parser)
   parser.add_argument("-o", "--out", default="separated", help="output root (default separated)")
+  parser.add_argument(
+    "-n",
+    "--name",
+    default=None,
+    help="the model's folder in the output path, OUT/NAME/... (default: the model folder's name)",
+  )
+  parser.add_argument(
+    "--filename",
+    default="{track}/{stem}.{ext}",
+    metavar="TEMPLATE",
+    help="each stem's path below OUT/NAME, from {track}, {trackext}, {folder} (the input's "
+    "folder), {stem} and {ext} (default {track}/{stem}.{ext}); two inputs of one name from "
+    'different folders: "{folder}/{track}/{stem}.{ext}"',
+  )
   parser.add_argument("--segment", type=float, default=None, metavar="SECONDS")
   parser.add_argument("--overlap", type=float, default=0.25)
   parser.add_argument("--batch-size", type=int, default=4, help="segments per model call")
@@ -99,7 +129,7 @@ def get_parser() -> argparse.ArgumentParser:
   fmt.add_argument("--mp3-bitrate", type=int, default=320, metavar="KBPS", help="default 320")
   parser.add_argument(
     "--clip-mode",
-    choices=stem_files.CLIP_MODES,
+    choices=command_line.CLIP_MODES,
     default="rescale",
     help="stems beyond what the format holds: scale every stem of the track by one factor "
     "(rescale, the default) or clamp the samples; a warning says which was needed",
@@ -133,24 +163,26 @@ def _say(message: str, stream) -> None:
 def _output_format(args) -> tuple[str, str]:
   if args.mp3:
     if args.flac or args.int24 or args.float32 or args.ogg:
-      raise SeparationError("--mp3 excludes --flac, --int24, --float32 and --ogg")
+      raise ValueError("--mp3 excludes --flac, --int24, --float32 and --ogg")
     if not 8 <= args.mp3_bitrate <= 320:
-      raise SeparationError(f"--mp3-bitrate must be 8 to 320 kbit/s, got {args.mp3_bitrate}")
+      raise ValueError(f"--mp3-bitrate must be 8 to 320 kbit/s, got {args.mp3_bitrate}")
     return "MP3", "MP3"
   if args.ogg:
     if args.flac or args.int24 or args.float32:
-      raise SeparationError("--ogg (Vorbis) excludes --flac, --int24 and --float32")
+      raise ValueError("--ogg (Vorbis) excludes --flac, --int24 and --float32")
     return "VORBIS", "OGG"
   if args.int24 and args.float32:
-    raise SeparationError("--int24 and --float32 exclude each other")
+    raise ValueError("--int24 and --float32 exclude each other")
   if args.flac and args.float32:
-    raise SeparationError("FLAC cannot hold float samples: use --int24 or 16 bit with --flac")
+    raise ValueError("FLAC cannot hold float samples: use --int24 or 16 bit with --flac")
   subtype = "PCM_24" if args.int24 else "FLOAT" if args.float32 else "PCM_16"
   return subtype, "FLAC" if args.flac else "WAV"
 
 
 def _name_stems(model, stem_map, args) -> None:
   """Applies ``--stem-map`` and ``--two-stems`` to ``model`` (ValueError when they cannot)."""
+  from trackformer_jax.inference import model_folder
+
   if stem_map is not None:
     model_folder.check_stem_map(args.stem_map, stem_map, model.num_outputs)
     model.stem_map = stem_map
@@ -164,66 +196,111 @@ def _name_stems(model, stem_map, args) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-  args = get_parser().parse_args(argv)
+  command_line.quiet_startup()
+  parser = get_parser()
+  args = parser.parse_args(argv)
+  command_line.require_model(parser, args)
   # Signals are taken from here on: the first one stops the work at its next check.
   with interrupts.graceful() as stop:
     return _separate_all(args, stop)
 
 
+def _load(args):
+  """(separator, output format) from the command line; ValueError for what is wrong."""
+  from trackformer_jax import export as export_lib
+  from trackformer_jax import stem_files
+  from trackformer_jax.inference import model_folder
+  from trackformer_jax.separator import Separator
+
+  output_format = _output_format(args)
+  stem_files.check_filename_template(args.filename)
+  command_line.check_folder_name("-n/--name", args.name)
+  checkpoint = export_lib.parse_checkpoint(args.checkpoint)
+  # A stem map file is read before the model, so a bad one costs no loading.
+  stem_map = model_folder.read_stem_map_file(args.stem_map) if args.stem_map else None
+  command_line.select_device(args.device)
+  model = export_lib.load_model(args.model, checkpoint=checkpoint, weights=args.weights)
+  _name_stems(model, stem_map, args)
+  separator = Separator(
+    model,
+    segment_seconds=args.segment,
+    overlap=args.overlap,
+    batch_size=args.batch_size,
+    progress=not args.no_progress,
+  )
+  return separator, output_format
+
+
+def _plan(args, separator, root: pathlib.Path, extension: str) -> tuple[list, list[str]]:
+  """``[(track, {stem: file})]`` for the tracks to separate, and a line for each track
+  refused because a file of it is one an earlier track writes."""
+  from trackformer_jax import stem_files
+
+  planned, refused = [], []
+  writer_of: dict[str, str] = {}  # output file (absolute) -> the track writing it
+  for track in args.tracks:
+    files = stem_files.output_files(
+      args.filename, root, track, separator.output_names, extension, args.plots
+    )
+    clash = next((f for f in files.values() if os.path.abspath(f) in writer_of), None)
+    if clash is not None:
+      refused.append(
+        f"separate: {track}: would write {clash}, as {writer_of[os.path.abspath(clash)]} "
+        'does; tell them apart with --filename, e.g. "{folder}/{track}/{stem}.{ext}"'
+      )
+      continue
+    writer_of.update(dict.fromkeys(map(os.path.abspath, files.values()), track))
+    planned.append((track, files))
+  return planned, refused
+
+
 def _separate_all(args, stop: interrupts.StopRequest) -> int:
   try:
-    subtype, file_format = _output_format(args)
-    checkpoint = export_lib.parse_checkpoint(args.checkpoint)
-    # A stem map file is read before the model, so a bad one costs no loading.
-    stem_map = model_folder.read_stem_map_file(args.stem_map) if args.stem_map else None
-    model = export_lib.load_model(args.model, checkpoint=checkpoint, weights=args.weights)
-    _name_stems(model, stem_map, args)
-    separator = Separator(
-      model,
-      segment_seconds=args.segment,
-      overlap=args.overlap,
-      batch_size=args.batch_size,
-      progress=not args.no_progress and args.jobs == 1,
-    )
+    separator, (subtype, file_format) = _load(args)
   except (ValueError, argparse.ArgumentTypeError) as e:
-    print(f"separate: {e}", file=sys.stderr)
-    return 2
+    if not stop.is_set():  # a Ctrl-C while loading is answered below, as one
+      print(f"separate: {e}", file=sys.stderr)
+      return 2
+    separator = None
+  if stop.is_set():
+    print(
+      f"separate: interrupted: 0 of {len(args.tracks)} tracks written; nothing partial left",
+      file=sys.stderr,
+    )
+    return interrupts.EXIT_STATUS
+  from trackformer_jax import stem_files
 
-  root = pathlib.Path(args.out) / model.name
+  root = pathlib.Path(args.out) / (args.name or separator.model.name)
+  planned, refused = _plan(args, separator, root, stem_files.EXTENSIONS[file_format])
+  for line in refused:
+    print(line, file=sys.stderr)
+  failures = len(refused)
 
   def warn(message: str) -> None:
     _say(f"separate: warning: {message}", sys.stderr)
 
-  def separate_one(track: str) -> str:
-    stop.raise_if_set(track)
-    out_dir = root / track_name(track)
-    paths = separator.separate_to_folder(
-      track,
-      out_dir,
-      subtype=subtype,
-      file_format=file_format,
-      plots=args.plots,
-      clip_mode=args.clip_mode,
-      mp3_bitrate_kbps=args.mp3_bitrate,
-      stop=stop,
-      warn=warn,
-    )
-    return f"{track} -> {out_dir}/ ({', '.join(p.name for p in paths.values())})"
+  options = dict(
+    subtype=subtype,
+    file_format=file_format,
+    clip_mode=args.clip_mode,
+    mp3_bitrate_kbps=args.mp3_bitrate,
+    stop=stop,
+    warn=warn,
+  )
 
-  failures = written = reported = 0
-  # Two tracks with one name would write one folder; the later ones are refused, not lost.
-  first_with_name: dict[str, str] = {}
-  unique = []
-  for track in args.tracks:
-    other = first_with_name.setdefault(track_name(track), track)
-    if other != track:
-      failures += 1
-      print(f"separate: {track}: same name as {other}; would overwrite it", file=sys.stderr)
-    else:
-      unique.append(track)
+  def separate_one(track: str, files: dict[str, pathlib.Path]) -> str:
+    stop.raise_if_set(track)
+    folder = stem_files.track_folder(args.filename, root, track)
+    if folder is not None:
+      paths = separator.separate_to_folder(track, folder, plots=args.plots, **options)
+      return f"{track} -> {folder}/ ({', '.join(p.name for p in paths.values())})"
+    stem_files.write_stem_files(separator, track, files, **options)
+    return f"{track} -> {root}/ ({', '.join(str(p.relative_to(root)) for p in files.values())})"
+
+  written = reported = 0
   pool = concurrent.futures.ThreadPoolExecutor(max_workers=max(1, args.jobs))
   try:
-    futures = {} if stop.is_set() else {pool.submit(separate_one, t): t for t in unique}
+    futures = {} if stop.is_set() else {pool.submit(separate_one, *p): p[0] for p in planned}
     for future in futures:  # in the order given, so messages are reproducible
       # Waiting in short steps lets the signal handler's stop request be seen at once.
       while not stop.is_set() and not concurrent.futures.wait([future], timeout=0.1)[0]:
@@ -273,5 +350,7 @@ def _outcome(future: concurrent.futures.Future, track: str) -> tuple[bool, str]:
 if __name__ == "__main__":
   status = main()
   interrupts.leave_quietly_on_signal("")  # a Ctrl-C while the interpreter shuts down
-  loading.exit_now_if_reads_abandoned(status)
+  loading = sys.modules.get("trackformer_jax.inference.loading")  # None: nothing was loaded
+  if loading is not None:
+    loading.exit_now_if_reads_abandoned(status)
   sys.exit(status)

@@ -111,6 +111,7 @@ class Separator:
     overlap: fraction of a segment shared with the next, in ``(0, 1)``.
     batch_size: segments per model call.
     progress: show a tqdm bar per song.
+    progress_label: put before the song's name on its bar (which model, say).
     checkpoint: which checkpoint of a workdir (``best`` | ``latest`` | step).
     weights: a workdir's ``ema`` (its moving average where the run kept one) or ``raw``.
   """
@@ -123,6 +124,7 @@ class Separator:
     overlap: float = 0.25,
     batch_size: int = 4,
     progress: bool = False,
+    progress_label: str = "",
     checkpoint: str | int = "best",
     weights: str = "ema",
   ):
@@ -146,6 +148,7 @@ class Separator:
     if self.batch_size < 1:
       raise ValueError(f"batch size must be at least 1, got {batch_size}")
     self.progress = progress
+    self.progress_label = progress_label
     self._weights = overlap_add_weights(self.segment_frames, self.overlap_frames)
 
   @property
@@ -162,12 +165,23 @@ class Separator:
     segment_callback: SegmentCallback | None = None,
     name: str = "<array>",
   ) -> SeparationResult:
-    """Separates ``mixture [C, T]`` (or ``[T]``) sampled at ``sample_rate_hz``."""
+    """Separates ``mixture`` sampled at ``sample_rate_hz``.
+
+    ``mixture`` is ``[channels, time]`` (``audio.read_audio``'s layout), or ``[time]`` for
+    mono. soundfile's ``[time, channels]`` (``soundfile.read``) is refused, not guessed at:
+    an array with more rows than columns raises ``SeparationError`` saying to pass
+    ``mixture.T``.
+    """
     mixture = np.asarray(mixture, np.float32)
     if mixture.ndim == 1:
       mixture = mixture[None]
     if mixture.ndim != 2:
       raise SeparationError(f"{name}: expected audio [channels, time], got shape {mixture.shape}")
+    if mixture.shape[0] > mixture.shape[1]:
+      raise SeparationError(
+        f"{name}: expected audio [channels, time], got shape {mixture.shape}, which looks "
+        "like soundfile's [time, channels]: pass mixture.T"
+      )
 
     def read_frames(start, n):
       return mixture[:, start : start + n]
@@ -349,7 +363,7 @@ class Separator:
 
       progress = tqdm(
         total=self.num_segments(total_model_frames, self.model.sample_rate_hz),
-        desc=pathlib.Path(name).name[:40],
+        desc=" ".join(filter(None, [self.progress_label, pathlib.Path(name).name]))[:60],
         unit="seg",
         leave=False,
       )
