@@ -37,7 +37,7 @@ def test_assignment_agrees_with_mixit_loss(seed):
   outputs = (outputs + 0.3 * rng.standard_normal(outputs.shape)).astype(np.float32)
   loss, mixing = mixit_loss(outputs[None], references[None], 30.0)
   mixit_labels = np.argmax(np.asarray(mixing[0]), axis=0)
-  labels = evaluate.assign_outputs(outputs, references)
+  labels = evaluate.best_assignment(outputs, references)
   assert thresholded_loss(outputs, references, labels) == pytest.approx(
     thresholded_loss(outputs, references, mixit_labels), abs=1e-3
   )
@@ -49,8 +49,8 @@ def test_every_non_silent_stem_gets_an_output():
   references = rng.standard_normal((3, 1, 200))
   references[2] *= 0.01  # quiet and unrelated to any output: best left empty unconstrained
   outputs = np.concatenate([references[:2], references[:2] * 0.1, rng.standard_normal((1, 1, 200))])
-  free = evaluate.assign_outputs(outputs, references)
-  forced = evaluate.assign_outputs(outputs, references, required=np.ones(3, bool))
+  free = evaluate.best_assignment(outputs, references)
+  forced = evaluate.best_assignment(outputs, references, required=np.ones(3, bool))
   assert 2 not in free and 2 in forced
   # The forced choice is the best of the allowed ones (brute force).
   allowed = [np.array(p) for p in itertools.product(range(3), repeat=5) if set(p) == {0, 1, 2}]

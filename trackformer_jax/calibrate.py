@@ -4,11 +4,12 @@ CLI::
 
   python -m trackformer_jax.calibrate --model MODEL --data musdb:PATH [--tracks 5]
       [--split train] [--excerpts 4] [--excerpt-seconds 10] [--out STEM_MAP.json]
+      [-d cpu|gpu]                        (--workdir: the older name of --model)
 
 MixIT trains without labels, so output ``i`` has no name. A trained network still gives each
 output slot a stable role, and a few labelled songs are enough to name them: each song is
 cut into ``--excerpts`` excerpts; each excerpt is separated and its outputs are assigned to
-the four stems by the K = 4 MixIT assignment (``evaluate.assign_outputs``: every non-silent
+the four stems by the K = 4 MixIT assignment (``scoring.best_assignment``: every non-silent
 stem gets at least one output); each output votes for the stem it went to (outputs carrying
 under 1 % of the excerpt's output energy abstain: where an all but silent output goes is
 arbitrary). The stem map sends each output to the stem it was most often assigned to; a stem
@@ -29,20 +30,28 @@ import os
 import pathlib
 import sys
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
 
-from trackformer_jax import evaluate
-from trackformer_jax import export as export_lib
-from trackformer_jax.atomic_files import write_json_atomic
-from trackformer_jax.inference import loading
-from trackformer_jax.separate import Separator
+from trackformer_jax import command_line
+from trackformer_jax.data.tracks import STEM_NAMES
 
-STEM_NAMES = export_lib.STEM_NAMES
+if TYPE_CHECKING:
+  from trackformer_jax.inference.loading import LoadedModel
+  from trackformer_jax.inference.model_folder import StemMap
+
+# The names tests patch (calibrate.export_lib.load_model), imported on first use: --help
+# stays fast.
+_LAZY_NAMES = {"export_lib": "trackformer_jax.export"}
 _ABSTAIN_ENERGY_SHARE = 0.01
 # An output whose stem won fewer of its votes than this is named with a warning: the map may
 # change with other songs.
 WEAK_AGREEMENT = 0.6
+
+
+def __getattr__(name: str):
+  return command_line.lazy_attribute(globals(), _LAZY_NAMES, name)
 
 
 def excerpt_starts(num_frames: int, excerpt_frames: int, count: int) -> list[int]:
@@ -57,8 +66,10 @@ def output_votes(
   outputs: np.ndarray, stems: np.ndarray, mixture: np.ndarray, snr_max_db: float = 30.0
 ) -> np.ndarray:
   """One excerpt's votes ``[N, K]``: 1 where output ``n`` was assigned to stem ``k``."""
-  silent = evaluate.is_silent(stems, mixture)
-  labels = evaluate.assign_outputs(outputs, stems, snr_max_db=snr_max_db, required=~silent)
+  from trackformer_jax import scoring
+
+  silent = scoring.is_silent(stems)
+  labels = scoring.best_assignment(outputs, stems, snr_max_db=snr_max_db, required=~silent)
   energy = np.sum(outputs.reshape(outputs.shape[0], -1).astype(np.float64) ** 2, axis=-1)
   voting = energy >= _ABSTAIN_ENERGY_SHARE * max(energy.sum(), 1e-20)
   votes = np.zeros((outputs.shape[0], stems.shape[0]))
@@ -66,8 +77,10 @@ def output_votes(
   return votes
 
 
-def stem_map_from_votes(votes: np.ndarray, stems: Sequence[str] = STEM_NAMES) -> export_lib.StemMap:
+def stem_map_from_votes(votes: np.ndarray, stems: Sequence[str] = STEM_NAMES) -> StemMap:
   """Majority vote per output, then every stem given at least one output (see module doc)."""
+  from trackformer_jax.inference.model_folder import StemMap
+
   num_outputs, num_stems = votes.shape
   choice = np.argmax(votes, axis=1)
   if num_outputs >= num_stems:
@@ -84,7 +97,7 @@ def stem_map_from_votes(votes: np.ndarray, stems: Sequence[str] = STEM_NAMES) ->
         np.lexsort((votes[candidates, choice[candidates]], -votes[candidates, k]))[0]
       ]
       choice[best] = k
-  return export_lib.StemMap(
+  return StemMap(
     output_to_stem=tuple(stems[k] for k in choice),
     stems=tuple(stems),
     votes=tuple(tuple(float(v) for v in row) for row in votes),
@@ -92,7 +105,7 @@ def stem_map_from_votes(votes: np.ndarray, stems: Sequence[str] = STEM_NAMES) ->
 
 
 def calibrate(
-  model: export_lib.LoadedModel,
+  model: LoadedModel,
   data: str,
   *,
   num_tracks: int = 5,
@@ -100,9 +113,10 @@ def calibrate(
   excerpts: int = 4,
   excerpt_seconds: float = 10.0,
   segment_seconds: float | None = None,
-) -> export_lib.StemMap:
+) -> StemMap:
   """Votes over ``num_tracks`` songs of ``data``'s ``split``; returns the stem map."""
   from trackformer_jax.data import sources
+  from trackformer_jax.separator import Separator
 
   source = sources.open_source(data, sample_rate_hz=model.sample_rate_hz, channels=model.channels)
   if not source.has_stems:
@@ -134,8 +148,9 @@ def get_parser() -> argparse.ArgumentParser:
     prog="python -m trackformer_jax.calibrate",
     description="Name a model's outputs (vocals, bass, drums, other) from a few labelled songs.",
   )
-  parser.add_argument("--model", required=True, help="exported folder or training workdir")
-  parser.add_argument("--checkpoint", type=export_lib.parse_checkpoint, default="best")
+  command_line.add_model_argument(parser, "exported folder or training workdir")
+  parser.add_argument("--checkpoint", type=command_line.parse_checkpoint, default="best")
+  command_line.add_device_argument(parser)
   parser.add_argument("--data", required=True, help="labelled data: musdb:PATH | chorales:PATH ...")
   parser.add_argument("--tracks", type=int, default=5, help="songs to learn from")
   parser.add_argument("--split", default="train")
@@ -153,7 +168,9 @@ def get_parser() -> argparse.ArgumentParser:
 
 def stem_map_destination(model: str, out: str | None) -> pathlib.Path:
   """Where the map goes; ValueError naming the folder when it cannot be written there."""
-  path = pathlib.Path(out) if out else pathlib.Path(model) / export_lib.STEM_MAP_FILE
+  from trackformer_jax.inference.model_folder import STEM_MAP_FILE
+
+  path = pathlib.Path(out) if out else pathlib.Path(model) / STEM_MAP_FILE
   folder = path.parent
   if not folder.is_dir():
     raise ValueError(f"{folder}: no such folder for the stem map")
@@ -163,7 +180,7 @@ def stem_map_destination(model: str, out: str | None) -> pathlib.Path:
   return path
 
 
-def describe(stem_map: export_lib.StemMap) -> tuple[list[str], list[str]]:
+def describe(stem_map: StemMap) -> tuple[list[str], list[str]]:
   """(one line per output with its votes by stem, warnings for weakly agreed outputs)."""
   votes = np.asarray(stem_map.votes)
   lines, warnings = [], []
@@ -181,9 +198,16 @@ def describe(stem_map: export_lib.StemMap) -> tuple[list[str], list[str]]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-  args = get_parser().parse_args(argv)
+  command_line.quiet_startup()
+  parser = get_parser()
+  args = parser.parse_args(argv)
+  command_line.require_model(parser, args)
+  from trackformer_jax import export as export_lib
+  from trackformer_jax.atomic_files import write_json_atomic
+
   try:
     path = stem_map_destination(args.model, args.out)
+    command_line.select_device(args.device)
     model = export_lib.load_model(args.model, checkpoint=args.checkpoint)
     stem_map = calibrate(
       model,
@@ -208,5 +232,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 if __name__ == "__main__":
   status = main()
-  loading.exit_now_if_reads_abandoned(status)
+  loading = sys.modules.get("trackformer_jax.inference.loading")  # None: nothing was loaded
+  if loading is not None:
+    loading.exit_now_if_reads_abandoned(status)
   sys.exit(status)

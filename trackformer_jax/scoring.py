@@ -18,7 +18,7 @@ from trackformer_jax import baselines, metrics
 from trackformer_jax.data.tracks import STEM_NAMES
 from trackformer_jax.losses.mixit import assignment_labels, thresholded_neg_snr
 
-SILENT_STEM_DB = -60.0  # a stem this far below the mixture (energy) is silent
+SILENT_STEM_DBFS = metrics.SILENT_STEM_DBFS  # a stem quieter than this (mean power) is silent
 SILENT_ESTIMATE_FLOOR_DB = -80.0  # what metrics.si_snr gives a silent estimate
 MAX_ASSIGNMENTS = 2_000_000  # K^N beyond this: too many stems for the exact search
 
@@ -75,9 +75,6 @@ def best_assignment(
   return labels[int(np.argmin(loss))]
 
 
-assign_outputs = best_assignment  # the name evaluate and calibrate have always imported
-
-
 def _inner_products(outputs, references, chunk: int = 1 << 18):
   """``(outputs outputs^T [N, N], references outputs^T [K, N], ||references||^2 [K])`` in
   float64, accumulated over time chunks: a whole song is never copied to float64."""
@@ -110,11 +107,10 @@ def si_snr_db(estimate: np.ndarray, reference: np.ndarray) -> float:
   return float(metrics.si_snr(estimate, reference, signal_ndim=estimate.ndim))
 
 
-def is_silent(stems: np.ndarray, mixture: np.ndarray) -> np.ndarray:
-  """``[K]`` bool: stems more than ``-SILENT_STEM_DB`` dB below the mixture (or all zero)."""
-  stem_energy = np.sum(stems.reshape(stems.shape[0], -1).astype(np.float64) ** 2, axis=-1)
-  mixture_energy = float(np.sum(mixture.astype(np.float64) ** 2))
-  return stem_energy <= max(mixture_energy * 10 ** (SILENT_STEM_DB / 10), 1e-20)
+def is_silent(stems: np.ndarray, threshold_dbfs: float = SILENT_STEM_DBFS) -> np.ndarray:
+  """``[K]`` bool for ``stems [K, C, T]``: mean power below ``threshold_dbfs``
+  (``metrics.silent_stems``, the rule training's validation uses too)."""
+  return np.asarray(metrics.silent_stems(stems, threshold_dbfs, signal_ndim=stems.ndim - 1, xp=np))
 
 
 def oracle_ratio_mask(stems: np.ndarray, mixture: np.ndarray, sample_rate_hz: int) -> np.ndarray:
@@ -160,7 +156,7 @@ def stem_scores(
     ``{metric: value}``: the per-stem values (``<metric>_<stem>``; NaN for silent stems),
     their mean over non-silent stems (``<metric>``), and ``assignment`` (stem per output).
   """
-  silent = is_silent(stems, mixture)
+  silent = is_silent(stems)
   labels = best_assignment(outputs, stems, snr_max_db=snr_max_db, required=~silent)
   assigned = remix(outputs, labels, stems.shape[0])
   per_stem: dict[str, list[float]] = {}
@@ -206,7 +202,7 @@ def oracle_scores(
   stems: np.ndarray, mixture: np.ndarray, sample_rate_hz: int, stem_names=STEM_NAMES
 ) -> dict[str, float]:
   """``oracle_irm_stem_si_snr(i)_db`` (and per stem) of the ideal ratio mask."""
-  silent = is_silent(stems, mixture)
+  silent = is_silent(stems)
   separated = oracle_ratio_mask(stems, mixture, sample_rate_hz)
   snr, snri = [], []
   for k in range(len(stem_names)):
@@ -272,13 +268,6 @@ def standard_error(values) -> float:
   return float(finite.std(ddof=1) / math.sqrt(finite.size)) if finite.size > 1 else math.nan
 
 
-def nanmedian(values) -> float:
-  """The median of the non-NaN ``values`` (NaN when there are none)."""
-  values = np.asarray(values, np.float64)
-  finite = values[~np.isnan(values)]
-  return float(np.median(finite)) if finite.size else math.nan
-
-
 def validation_nmf_scores(
   batches,
   sample_rate_hz: int,
@@ -305,7 +294,7 @@ def validation_nmf_scores(
     for mixture, stems in zip(mixtures.reshape(-1, *mixtures.shape[2:]),
                               stems_batch.reshape(-1, *stems_batch.shape[2:])):  # fmt: skip
       flat = stems.reshape(stems.shape[0], -1).astype(np.float64)
-      active = 10 * np.log10(np.mean(flat**2, axis=-1) + 1e-20) >= silence_threshold_db
+      active = ~metrics.silent_stems(flat, silence_threshold_db, xp=np)
       if not active.any():
         continue
       outputs = baselines.nmf_separate(mixture, sample_rate_hz)

@@ -147,8 +147,7 @@ def eval_step(
     stems = batch["stems"].reshape(b * k, *batch["stems"].shape[2:])  # [2B, 4, C, T]
     single_estimates, _ = model.apply(variables, singles, deterministic=True)
     stem_reference = flatten_audio(stems)
-    rms_db = 10 * jnp.log10(jnp.mean(stem_reference**2, axis=-1) + 1e-20)
-    active = rms_db >= config.silence_threshold_db  # [2B, 4]
+    active = ~metrics_lib.silent_stems(stem_reference, config.silence_threshold_db)  # [2B, 4]
     # Every sounding stem gets at least one output, as in the whole-song evaluation: left
     # free, the search may leave a hard stem empty, which scores the floor and makes the
     # untrained control look worse than it is.
