@@ -76,8 +76,11 @@ def test_twenty_steps_lower_the_loss_and_write_everything(tiny_musdb, tmp_path):
   assert eval_rows[20]["eval/mixit_loss"] < eval_rows[0]["eval/mixit_loss"] - 0.1
   for part in ("mixit", "diversity", "sparsity", "grad_norm", "learning_rate"):
     assert np.isfinite(train_rows[-1][f"train/{part}"]), part
-  for name in ("steps_per_second", "examples_per_second", "peak_memory_gib"):
-    assert train_rows[-1][f"train/{name}"] > 0, name
+  assert train_rows[-1]["train/peak_memory_gib"] > 0
+  # clu's ReportProgress: steps/s at every log step after the first (it starts the clock).
+  rates = [row for row in rows if "steps_per_sec" in row]
+  assert [row["step"] for row in rates] == [5, 10, 15, 20]
+  assert all(row["steps_per_sec"] > 0 for row in rates)
   # The tiny corpus has stems, so every stem score is there, and the diagnostics are in range.
   last_eval = eval_rows[20]
   for stem in mixit_task.STEM_NAMES:

@@ -24,6 +24,7 @@ import jax
 import ml_collections
 import numpy as np
 from absl import logging
+from clu import periodic_actions
 from jax.sharding import Mesh
 
 from trackformer_jax import checkpoints, interrupts
@@ -183,8 +184,15 @@ def _train_holding_lock(
     raise TrainingInterrupted(step, saved, trained=step > 0)
 
   accumulated: list[dict[str, jax.Array]] = []
-  interval_start, interval_steps, paused = time.perf_counter(), 0, 0.0
-  run_start, run_start_step = time.perf_counter(), start_step
+  # Steps/s, the ETA and the share of time in evaluation and checkpoints, every log step:
+  # one line ("... steps/s, 75.0% (15/20), ETA: 2m (5m : 10.0% eval, ...)") and a
+  # ``steps_per_sec`` row in the metrics.
+  progress = periodic_actions.ReportProgress(
+    num_train_steps=config.num_train_steps,
+    writer=writer,
+    every_steps=config.log_every_steps,
+    every_secs=None,
+  )
   step = start_step
   previous_metrics = None
   try:
@@ -195,7 +203,8 @@ def _train_holding_lock(
       logging.info(
         "eval step %d: scoring the untrained control on %d batches", start_step, len(validation)
       )
-      run_eval(start_step)
+      with progress.timed("eval"):
+        run_eval(start_step)
     batches = train_batches(config, start_step)
     while step < last_step:
       if stop is not None and stop.is_set():
@@ -205,14 +214,12 @@ def _train_holding_lock(
       step_rng = np.asarray(jax.random.fold_in(base_rng, step))
       state, metrics = step_fn(state, batch, step_rng)
       step += 1
-      interval_steps += 1
       accumulated.append(metrics)
       if step == start_step + 1:
-        # Time from the end of the first step: it includes compilation, which would
-        # otherwise drag the first steps/s and ETA down.
+        # Timed from the end of the first step (progress's first call only starts the
+        # clock): it includes compilation, which would drag the first steps/s and ETA down.
         jax.block_until_ready(metrics)
-        interval_start, interval_steps, paused = time.perf_counter(), 0, 0.0
-        run_start, run_start_step = interval_start, step
+      progress(step)
       # Read the previous step's counters, not this one's, so the host never waits on the
       # step it just launched; a run of skipped steps stops at most one step late.
       if previous_metrics is not None:
@@ -237,42 +244,32 @@ def _train_holding_lock(
         for name in ("nonfinite_steps", "consecutive_nonfinite"):
           averaged[name] = float(host(accumulated[-1][name]))
         accumulated = []
-        elapsed = time.perf_counter() - interval_start - paused
-        steps_per_second = interval_steps / max(elapsed, 1e-9) if interval_steps else 0.0
-        overall = (step - run_start_step) / max(time.perf_counter() - run_start, 1e-9)
         scalars = {f"train/{name}": float(value) for name, value in averaged.items()}
-        scalars["train/steps_per_second"] = steps_per_second
-        scalars["train/examples_per_second"] = steps_per_second * config.batch_size
         scalars["train/peak_memory_gib"] = writers.peak_memory_bytes() / 2**30
         writer.write_scalars(step, scalars)
         logging.info(
-          "step %d/%d | %.2f steps/s %.1f ex/s | ETA %s | lr %.2e | grad %.3f | %s "
-          "| skipped %d | peak mem %.2f GiB",
+          "step %d/%d | lr %.2e | grad %.3f | %s | skipped %d | peak mem %.2f GiB",
           step,
           config.num_train_steps,
-          steps_per_second,
-          steps_per_second * config.batch_size,
-          writers.format_duration((config.num_train_steps - step) / max(overall, 1e-9)),
           averaged["learning_rate"],
           averaged["grad_norm"],
           task.format_train_log(averaged),
           int(averaged["nonfinite_steps"]),
           scalars["train/peak_memory_gib"],
         )
-        interval_start, interval_steps, paused = time.perf_counter(), 0, 0.0
 
       if is_eval or is_checkpoint:
-        pause_start = time.perf_counter()
         # Never checkpoint in the middle of a run of skipped steps: the params are those of
         # the last good step anyway, and the stop message promises that checkpoint is kept.
         if int(host(state.consecutive_nonfinite)) == 0:
-          scores = run_eval(step) if is_eval else {}
+          with progress.timed("eval"):
+            scores = run_eval(step) if is_eval else {}
           checkpoint_metrics = {"best_score": scores["best_score"]} if scores else None
-          checkpoints.save(manager, state, step, checkpoint_metrics)
+          with progress.timed("checkpoint"):
+            checkpoints.save(manager, state, step, checkpoint_metrics)
           # Rows up to a checkpoint must be on disk before a kill can strike: a restart keeps
           # only the rows up to its checkpoint, so buffered ones would be lost for good.
           writer.flush()
-        paused += time.perf_counter() - pause_start
   except interrupts.Interrupted:
     stop_here()
   finally:

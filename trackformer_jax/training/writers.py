@@ -87,9 +87,3 @@ def peak_memory_bytes() -> int:
   """Peak memory of the first local device (GPU/TPU), else the process's peak RSS (CPU)."""
   device_peak = resources.device_peak_bytes()
   return resources.peak_rss_bytes() if device_peak is None else device_peak
-
-
-def format_duration(seconds: float) -> str:
-  seconds = int(max(seconds, 0))
-  hours, rest = divmod(seconds, 3600)
-  return f"{hours}h{rest // 60:02d}m" if hours else f"{rest // 60}m{rest % 60:02d}s"
