@@ -148,15 +148,26 @@ def test_config_loads_and_its_train_step_compiles(path):
   assert {"loss", "grad_norm", "learning_rate", "skipped"} <= set(metrics)
 
 
-def test_fields_can_be_overridden_from_the_command_line():
-  argv = ["main", f"--config={REPO / 'configs' / 'perf3.py'}", "--config.batch_size=8"]
-  argv += ["--config.model.num_layers=2", "--config.data=musdb:/somewhere"]
+def parse_config_flags(argv: list[str]):
   flag_values = flags.FlagValues()
   # config_flags finds the --config.* overrides in the argv it is given at definition time.
   config_flags.DEFINE_config_file(
     "config", None, flag_values=flag_values, lock_config=True, sys_argv=argv
   )
   flag_values(argv)
-  config = flag_values.config
+  return flag_values.config
+
+
+def test_fields_can_be_overridden_from_the_command_line():
+  argv = ["main", f"--config={REPO / 'configs' / 'perf3.py'}", "--config.batch_size=8"]
+  argv += ["--config.model.num_layers=2", "--config.data=musdb:/somewhere"]
+  config = parse_config_flags(argv)
   assert config.batch_size == 8 and config.model.num_layers == 2
   assert config.data == "musdb:/somewhere" and config.segment_seconds == 3.0
+
+
+def test_a_config_argument_goes_after_a_colon_on_the_command_line():
+  argv = ["main", f"--config={REPO / 'configs' / 'perf.py'}:10,stereo"]
+  config = parse_config_flags(argv + ["--config.pretrain.num_train_steps=5"])
+  assert config.segment_seconds == 10.0 and config.channels == 2
+  assert config.pretrain.num_train_steps == 5

@@ -251,13 +251,12 @@ _STEPS_IN_SUBPROCESS = textwrap.dedent(
   """
   import json, sys
   import jax, numpy as np
-  sys.path.insert(0, sys.argv[1])
-  from configs import test as test_config
   from trackformer_jax import input_pipeline, models, train
+  from trackformer_jax.training import config_files
   from trackformer_jax.training import state as state_lib
-  assert jax.device_count() == int(sys.argv[4]), jax.devices()
-  config = test_config.get_config()
-  config.update_from_flattened_dict(json.loads(sys.argv[3]))
+  assert jax.device_count() == int(sys.argv[3]), jax.devices()
+  config = config_files.load_config("test")
+  config.update_from_flattened_dict(json.loads(sys.argv[2]))
   model = models.create_model(config.model)
   optimizer = train.create_optimizer(config)
   mesh = train.create_mesh()
@@ -269,7 +268,7 @@ _STEPS_IN_SUBPROCESS = textwrap.dedent(
     rng = jax.random.fold_in(state.rng, step)
     state, _ = step_fn(state, state_lib.to_global(batch, mesh), rng)
   leaves = jax.tree.leaves(jax.device_get(state.params))
-  np.savez(sys.argv[2], *leaves)
+  np.savez(sys.argv[1], *leaves)
   """
 )
 
@@ -285,7 +284,7 @@ def test_four_devices_give_the_same_params_as_one(tiny_musdb, tmp_path):
     env["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0"
     out = tmp_path / f"params{devices}.npz"
     result = subprocess.run(
-      [sys.executable, "-c", _STEPS_IN_SUBPROCESS, str(REPO), str(out)]
+      [sys.executable, "-c", _STEPS_IN_SUBPROCESS, str(out)]
       + [json.dumps(overrides), str(devices)],
       capture_output=True,
       text=True,
