@@ -7,6 +7,7 @@ import json
 import numpy as np
 import pytest
 from test_separate import band_split_model, band_tones
+from test_separate_cli import exported, run_tool  # noqa: F401  (a fixture)
 
 from trackformer_jax import audio, calibrate
 from trackformer_jax import export as export_lib
@@ -197,3 +198,21 @@ def test_separate_refuses_a_stem_map_that_does_not_fit_and_two_stems_without_one
     "separate: --two-stems vocals: m has no stem map; run calibrate first, or give --stem-map FILE"
   )
   assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.slow
+def test_calibrate_takes_the_older_option_name_and_writes_a_readable_map(
+  exported,  # noqa: F811
+  tiny_musdb,
+  tmp_path,
+):
+  out = tmp_path / "map.json"
+  result = run_tool(
+    "trackformer_jax.calibrate", "--workdir", exported, "--data", f"musdb:{tiny_musdb}",
+    "--tracks", "1", "--excerpts", "1", "--excerpt-seconds", "1", "--out", out, "-d", "cpu",
+    umask=0o022,
+  )  # fmt: skip
+  assert result.returncode == 0, result.stderr
+  assert result.stdout.splitlines()[-1] == f"wrote {out}"
+  assert out.stat().st_mode & 0o777 == 0o644  # the umask's, not tempfile's 0600
+  assert len(json.loads(out.read_text())["output_to_stem"]) == 8

@@ -5,10 +5,12 @@ from __future__ import annotations
 import itertools
 import json
 import math
+import re
 
 import numpy as np
 import pytest
 from test_separate import band_split_model, band_tones
+from test_separate_cli import START_UP_NOISE, exported, run_tool  # noqa: F401  (a fixture)
 
 from trackformer_jax import evaluate
 from trackformer_jax import export as export_lib
@@ -273,3 +275,18 @@ def test_unlabelled_data_gives_the_label_free_scores(tmp_path, tiny_folder, stan
   assert 1.0 <= aggregate["effective_mask_count"] <= 8.0
   assert np.isfinite(aggregate["mom_si_snri_db"]) and "control_mom_si_snri_db" in aggregate
   assert not [key for key in aggregate if key.startswith("stem_")]
+
+
+@pytest.mark.slow
+def test_progress_bars_name_the_model_and_the_song(exported, tiny_musdb):  # noqa: F811
+  # As a user runs it, with --workdir (the older spelling of --model).
+  result = run_tool(
+    "trackformer_jax.evaluate", "--workdir", exported, "--data", f"musdb:{tiny_musdb}",
+    "--no-nmf", "--mom-seconds", "1", "-d", "cpu",
+  )  # fmt: skip
+  assert result.returncode == 0, result.stderr
+  bars = set(re.findall(r"(?:^|\r)([^\r\n|]*?):\s+\d+%\|", result.stderr, re.M))
+  assert "<array>" not in result.stderr, bars
+  assert {bar.split(": ")[0] for bar in bars} == {"tiny", "tiny control"}, bars
+  assert [bar for bar in bars if " + " in bar], bars  # the mixture-of-mixtures songs
+  assert not [word for word in START_UP_NOISE if word in result.stderr], result.stderr

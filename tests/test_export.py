@@ -14,6 +14,7 @@ import jax
 import numpy as np
 import pytest
 import soundfile
+from test_separate_cli import START_UP_NOISE, run_tool
 
 from trackformer_jax import audio, calibrate, checkpoints, evaluate, separate
 from trackformer_jax import export as export_lib
@@ -284,3 +285,23 @@ def test_evaluate_and_calibrate_with_the_real_model(workdir, tmp_path, tiny_musd
   stem_map = export_lib.load_model(model_dir).stem_map
   assert len(stem_map.output_to_stem) == 8
   assert set(stem_map.output_to_stem) == set(export_lib.STEM_NAMES)
+
+
+def test_the_tools_spell_the_weights_choice_as_checkpoints_does():
+  from trackformer_jax import command_line
+
+  assert command_line.WEIGHTS == checkpoints.WEIGHTS
+
+
+@pytest.mark.slow
+def test_export_under_either_option_name_follows_the_umask(workdir, tmp_path):
+  for option in ("--model", "--workdir"):  # --workdir: the older spelling
+    out = tmp_path / option.strip("-")
+    result = run_tool(
+      "trackformer_jax.export", option, workdir, "--out", out, "-d", "cpu", umask=0o027
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == f"exported {workdir} (best) to {out}\n"
+    assert not [word for word in START_UP_NOISE if word in result.stderr], result.stderr
+    assert out.stat().st_mode & 0o777 == 0o750  # not tempfile's 0700
+    assert (out / "metadata.json").stat().st_mode & 0o777 == 0o640  # not 0600

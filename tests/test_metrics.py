@@ -1,5 +1,6 @@
 """Metrics against direct numpy formulas and against fast_bss_eval / museval on fixtures."""
 
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -197,3 +198,31 @@ def test_pesq_wb_orders_degradations_and_resamples():
   assert metrics.pesq_wb(reference_44k, reference_44k, 44_100) > 4.0
   with pytest.raises(ValueError, match="mono"):
     metrics.pesq_wb(np.zeros((2, 100)), np.zeros((2, 100)), 16_000)
+
+
+def test_silent_stems_is_validations_rule_in_jax_and_numpy():
+  # Stems from silence to loud, some at a hair either side of -50 dBFS.
+  rng = np.random.default_rng(0)
+  unit = rng.standard_normal((6, 2, 4000)).astype(np.float32)
+  unit /= np.sqrt(np.mean(unit**2, axis=(-2, -1), keepdims=True))
+  levels_db = np.array([-200.0, -70.0, -50.01, -49.99, -20.0, 0.0])
+  stems = unit * (10 ** (levels_db / 20))[:, None, None].astype(np.float32)
+  flat = stems.reshape(6, -1)
+  # Validation's rule as it was written in eval_step (active = louder than the threshold).
+  active = 10 * jnp.log10(jnp.mean(jnp.asarray(flat) ** 2, axis=-1) + 1e-20) >= -50.0
+  np.testing.assert_array_equal(~metrics.silent_stems(flat, -50.0), active)
+  np.testing.assert_array_equal(np.asarray(active), [False, False, False, True, True, True])
+  whole = metrics.silent_stems(stems.astype(np.float64), signal_ndim=2, xp=np)
+  np.testing.assert_array_equal(whole, ~np.asarray(active))
+  np.testing.assert_array_equal(metrics.silent_stems(np.zeros((2, 8)), xp=np), [True, True])
+
+
+def test_the_default_config_validates_with_the_silent_stem_threshold():
+  from trackformer_jax.training.config_files import load_config
+
+  assert load_config("default").silence_threshold_db == metrics.SILENT_STEM_DBFS
+
+
+def test_nanmedian_ignores_nan():
+  assert metrics.nanmedian([1.0, np.nan, 3.0, 2.0]) == 2.0
+  assert np.isnan(metrics.nanmedian([np.nan]))

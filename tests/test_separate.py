@@ -281,6 +281,23 @@ def test_every_bad_input_gives_its_message_and_the_others_go_on(tmp_path, monkey
   assert err[-1] == f"separate: {len(expected) + 1} of {len(tracks)} tracks failed"
 
 
+def test_soundfiles_time_channels_layout_is_refused_with_the_layout_expected(tmp_path):
+  # soundfile.read gives [time, channels]; the API takes [channels, time] (audio.read_audio).
+  path = tmp_path / "song.wav"
+  mixture = band_tones(0.5).sum(axis=0)  # [1, T]
+  soundfile.write(path, np.repeat(mixture, 2, axis=0).T, RATE_HZ)
+  data, rate = soundfile.read(path, dtype="float32")
+  separator = Separator(band_split_model(channels=2), segment_seconds=0.25)
+  message = (
+    r"song: expected audio \[channels, time\], got shape \(4000, 2\), which looks like "
+    r"soundfile's \[time, channels\]: pass mixture.T"
+  )
+  with pytest.raises(separate.SeparationError, match=message):
+    separator.separate_array(data, rate, name="song")
+  result = separator.separate_array(data.T, rate, name="song")
+  np.testing.assert_allclose(result.outputs.sum(axis=0), data.T, atol=1e-5)
+
+
 def test_nan_in_array_is_reported():
   mixture = np.zeros((1, 4000), np.float32)
   mixture[0, 1234] = np.nan

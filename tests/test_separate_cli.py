@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import pathlib
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -281,3 +282,147 @@ def test_ctrl_c_while_starting_up_is_one_line_too(tmp_path):
     "separate: interrupted: 0 of 1 tracks written; nothing partial left",
   ), err
   assert not (tmp_path / "sep").exists()
+
+
+def run_tool(*args, umask=None, cwd=REPO, timeout=300) -> subprocess.CompletedProcess:
+  """``python -m <args>`` as a user runs it (CPU only, as every test)."""
+  env = dict(os.environ, JAX_PLATFORMS="cpu")
+  module = [] if args[0].startswith("-") else ["-m"]
+  return subprocess.run(
+    [sys.executable, *module, *map(str, args)],
+    cwd=cwd,
+    env=env,
+    capture_output=True,
+    text=True,
+    timeout=timeout,
+    umask=-1 if umask is None else umask,
+  )
+
+
+@pytest.mark.parametrize("tool", ["separate", "evaluate", "export", "calibrate"])
+def test_help_imports_no_jax(tool):
+  result = run_tool("-X", "importtime", "-m", f"trackformer_jax.{tool}", "--help")
+  assert result.returncode == 0, result.stderr
+  assert "--model MODEL" in result.stdout and "--workdir" not in result.stdout
+  imported = {line.split("|")[-1].strip() for line in result.stderr.splitlines()}
+  assert not imported & {"jax", "flax", "orbax.checkpoint", "tensorflow"}, imported
+
+
+# What the libraries printed on every start or workdir load before command_line.quiet_startup.
+START_UP_NOISE = ("WARNING:absl", "oneDNN", "absl::InitializeLog", "libtpu", "Traceback")
+
+
+@pytest.mark.slow
+def test_a_workdir_under_the_old_option_name_with_two_jobs(exported, tmp_path):
+  # --workdir (the older spelling of --model) on the workdir the model was exported from:
+  # orbax's restore used to print three WARNING:absl lines.
+  songs = [tmp_path / "song0.wav", tmp_path / "song1.wav"]
+  for i, song in enumerate(songs):
+    audio.write_audio(song, _tone(2.0, i), RATE_HZ)
+  out = tmp_path / "sep"
+  result = run_tool(
+    "trackformer_jax.separate", *songs, "--workdir", exported.parent / "workdir", "-d", "cpu",
+    "-o", out, "-j", "2", "--plots", umask=0o027,
+  )  # fmt: skip
+  assert result.returncode == 0, result.stderr
+  assert not [word for word in START_UP_NOISE if word in result.stderr], result.stderr
+  # Both songs' progress bars, though they ran side by side.
+  for song in songs:
+    assert re.search(rf"{song.name}:\s+\d+%\|", result.stderr), result.stderr
+  folder = out / "workdir"
+  for song in songs:
+    files = sorted(p.name for p in (folder / song.stem).iterdir())
+    assert files == [*(f"output_{i}.wav" for i in range(8)), "plot.png"]
+    # The umask's modes (0750 and 0640 under 027), not tempfile's 0700.
+    assert (folder / song.stem).stat().st_mode & 0o777 == 0o750
+    assert (folder / song.stem / "output_0.wav").stat().st_mode & 0o777 == 0o640
+
+
+@pytest.mark.slow
+def test_filename_template_keeps_songs_of_one_name_apart(exported, tmp_path):
+  songs = []
+  for i, folder in enumerate(("a", "b")):
+    songs.append(tmp_path / folder / "song.wav")
+    audio.write_audio(songs[-1], _tone(1.0, i), RATE_HZ)
+  out = tmp_path / "sep"
+  model = ["--model", exported, "-o", out, "--no-progress"]
+  # The default template, Demucs's {track}/{stem}.{ext}: the second song is refused first.
+  result = run_tool("trackformer_jax.separate", *songs, *model)
+  assert result.returncode == 1, result.stderr
+  assert result.stderr.splitlines()[0] == (
+    f"separate: {songs[1]}: would write {out}/tiny/song/output_0.wav, as {songs[0]} does; "
+    'tell them apart with --filename, e.g. "{folder}/{track}/{stem}.{ext}"'
+  )
+  assert sorted(p.name for p in (out / "tiny").iterdir()) == ["song"]
+  # The input's folder in the template, and the model's folder named with -n.
+  template = ["--filename", "{folder}/{track}/{stem}.{ext}", "-n", "mine"]
+  result = run_tool("trackformer_jax.separate", *songs, *model, *template)
+  assert result.returncode == 0, result.stderr
+  for folder in ("a", "b"):
+    assert len(list((out / "mine" / folder / "song").glob("output_*.wav"))) == 8
+  # Stems in folders of their own: each file is put in place, no staging folder stays.
+  result = run_tool(
+    "trackformer_jax.separate", *songs, *model, "--filename", "{stem}/{folder}-{track}.{ext}"
+  )
+  assert result.returncode == 0, result.stderr
+  assert f"{songs[0]} -> {out}/tiny/ (output_0/a-song.wav, output_1/a-song.wav" in result.stdout
+  assert sorted(p.name for p in (out / "tiny/output_3").iterdir()) == ["a-song.wav", "b-song.wav"]
+  assert not [p for p in (out / "tiny").iterdir() if p.name.startswith(".")]
+
+
+@pytest.mark.slow
+def test_refusals_before_any_work_are_one_line(exported, tmp_path):
+  song = tmp_path / "song.wav"
+  audio.write_audio(song, _tone(1.0, 0), RATE_HZ)
+  out = tmp_path / "sep"
+  cases = {
+    ("--filename", "{track}.{ext}"): "--filename '{track}.{ext}': needs {stem}, or every "
+    "stem would write one file",
+    ("--filename", "{song}/{stem}.{ext}"): "--filename '{song}/{stem}.{ext}': unknown field "
+    "{song}; the fields are {track}, {trackext}, {folder}, {stem}, {ext}",
+    ("--filename", "../{stem}.{ext}"): "--filename '../{stem}.{ext}': must stay inside the "
+    "output folder (no / or ..)",
+    ("-n", "../elsewhere"): "-n/--name '../elsewhere': must be a folder name, not a path",
+  }
+  import jax
+
+  if not [d for d in jax.devices() if d.platform == "gpu"]:
+    cases[("-d", "gpu")] = (
+      "--device gpu: JAX finds no GPU here (only cpu); install JAX with CUDA "
+      "(pip install 'jax[cuda12]') or use --device cpu"
+    )
+  for flags, message in cases.items():
+    result = run_tool("trackformer_jax.separate", song, "--model", exported, "-o", out, *flags)
+    assert (result.returncode, result.stderr) == (2, f"separate: {message}\n"), flags
+  assert not out.exists()
+
+
+@pytest.mark.slow
+def test_a_full_disk_is_one_line_naming_enospc_and_the_folder(exported, tmp_path):
+  # A 200 kB tmpfs, mounted in a user namespace of the command's own (no root needed).
+  if shutil.which("unshare") is None:
+    pytest.skip("no unshare")
+  small = tmp_path / "small"
+  small.mkdir()
+  mount = ["unshare", "-rm", "sh", "-c", f'mount -t tmpfs -o size=200k none {small} && exec "$@"']
+  if subprocess.run([*mount, "sh", "true"], capture_output=True).returncode:
+    pytest.skip("cannot mount a tmpfs in a user namespace here")
+  song = tmp_path / "song.wav"
+  audio.write_audio(song, _tone(10.0, 0), RATE_HZ)  # 8 stems of 160 kB
+  for flags, folder in (
+    ([], "tiny/song"),
+    (["--mp3"], "tiny/song"),
+    (["--filename", "{stem}/{track}.{ext}"], "tiny"),
+  ):
+    command = [*mount, "sh", sys.executable, "-m", "trackformer_jax.separate", str(song)]
+    command += ["--model", str(exported), "-o", str(small), "--no-progress", *flags]
+    result = subprocess.run(
+      command, cwd=REPO, env=dict(os.environ, JAX_PLATFORMS="cpu"), capture_output=True,
+      text=True, timeout=300,
+    )  # fmt: skip
+    assert result.returncode == 1, result.stderr
+    assert result.stderr.splitlines() == [
+      f"separate: {song}: ENOSPC: no space left on device for {small}/{folder}; nothing of "
+      "this track was kept",
+      "separate: 1 of 1 tracks failed",
+    ], flags

@@ -9,12 +9,19 @@ Python API::
 
 CLI::
 
-  python -m trackformer_jax.separate TRACK... --model MODEL [-o separated] [--segment SECONDS]
+  python -m trackformer_jax.separate TRACK... --model MODEL [-o separated] [-n NAME]
+      [--filename "{track}/{stem}.{ext}"] [-d cpu|gpu] [--segment SECONDS]
       [--overlap 0.25] [--flac|--int24|--float32|--ogg|--mp3 [--mp3-bitrate 320]]
       [--clip-mode rescale|clamp] [--plots] [-j N]
       [--checkpoint best|latest|STEP] [--weights ema|raw]   (the last two: for a workdir)
-  -> separated/<model>/<track>/<stem>.wav   (<track>: the file's stem; for .../<song>/mixture.wav,
+  -> separated/<model>/<track>/<stem>.wav   (<model>: the model folder's name, or NAME;
+                                            <track>: the file's stem; for .../<song>/mixture.wav,
                                             the song's folder name)
+
+``--workdir`` is the older name of ``--model``. ``--filename`` places each stem below
+``OUT/NAME`` from ``{track}``, ``{trackext}`` (the input's extension), ``{folder}`` (the
+input's folder), ``{stem}`` and ``{ext}``, as Demucs's option does; a track whose files
+another track of the run would write is refused before any work, with a line naming the file.
 
 Inputs: anything FFmpeg decodes (WAV, FLAC, AIFF, Ogg, MP3, AAC/M4A, Opus, ALAC, WMA, ...;
 see ``audio``); a truncated file is separated as far as it decodes, with a warning. Stems
