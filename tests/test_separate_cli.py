@@ -1,8 +1,10 @@
-"""separate as users run it: Ctrl-C through a real signal, compressed inputs, loud inputs.
+"""separate as users run it: Ctrl-C through a real signal, compressed inputs, loud inputs,
+the options (--filename, -n, -d, --model/--workdir, -j), --help, the umask, a full disk.
 
-The SIGINT tests run ``python -m trackformer_jax.separate`` in a subprocess on a real
-exported model (the tiny Performer of configs/test.py, randomly initialised); the others
-call ``separate.main`` with the band-splitting stand-in model of test_separate.
+The SIGINT tests and those of the options run ``python -m trackformer_jax.separate`` (and
+the other tools, through ``run_tool``) in a subprocess on a real exported model (the tiny
+Performer of configs/test.py, randomly initialised); the format tests call ``separate.main``
+with the band-splitting stand-in model of test_separate.
 """
 
 from __future__ import annotations
