@@ -8,5 +8,7 @@ workdir.py        the workdir lock, write probe, free-space and same-model check
 writers.py        metrics.jsonl and TensorBoard writers, peak memory
 transfer.py       transfer_encoder: Audio-MAE weights into a fresh separator
 loop.py           train_and_evaluate: restore, step, log, evaluate, checkpoint
+recipe.py         train_recipe: Audio-MAE pre-training first where a config has a recipe
+config_files.py   load_config("perf:30") for configs/, segment_samples
 tasks/            one module per ``config.task``: MixIT (mixit.py), Audio-MAE (mae.py)
 """
