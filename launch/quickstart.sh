@@ -64,13 +64,13 @@ echo
 echo "== 4/6 evaluating $WORKDIR (last checkpoint) on 8 songs of each held-out set, whole,"
 echo "   against its untrained control, an NMF baseline and the ideal-ratio-mask ceiling"
 for heldout in heldout_songs heldout heldout_modules; do
-  .venv/bin/python -m trackformer_jax.evaluate --workdir "$WORKDIR" --checkpoint latest \
+  .venv/bin/python -m trackformer_jax.evaluate --model "$WORKDIR" --checkpoint latest \
     --data "chorales:data/$heldout" --split test --max-tracks 8 --mom-seconds 0 \
     --out "$WORKDIR/eval/$heldout.json" --no-progress
 done
 
 echo "== 5/6 exporting $WORKDIR (last checkpoint) to exported/quick"
-.venv/bin/python -m trackformer_jax.export --workdir "$WORKDIR" --checkpoint latest \
+.venv/bin/python -m trackformer_jax.export --model "$WORKDIR" --checkpoint latest \
   --out exported/quick --overwrite
 
 song=$(find data/heldout_songs/test -name mixture.wav | sort | head -n 1)
