@@ -26,7 +26,7 @@ def get_config():
   m.tasnet_Sc = 16
   m.tasnet_X = 3
   m.tasnet_R = 2
-  # Training fields for tests/test_train.py: a short schedule with a brisk learning rate, so
+  # Training fields for tests/training/test_loop.py: a short schedule with a brisk learning rate, so
   # that 20 steps measurably lower the loss; few eval examples; frequent bookkeeping.
   config.batch_size = 4
   config.num_train_steps = 20

@@ -21,6 +21,9 @@ All are small (a few tracks of ~2 s at 8 kHz) so any test can use them freely:
                      own JAX settings are restored after it. Use it with
                      ``pytestmark = pytest.mark.usefixtures("compilation_cache")``.
 
+Plain functions, imported as ``from conftest import ...``: ``synthetic_stems`` (the tiny
+corpora's stems), ``tiny_mae_config`` and ``harmonic_audio`` (the Audio-MAE tests').
+
 Use the session paths read-only; copy them (``shutil.copytree``) before damaging files.
 """
 
@@ -31,6 +34,7 @@ import uuid
 from pathlib import Path
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -71,6 +75,24 @@ def synthetic_stems(seed: int, frames: int, channels: int, rate_hz: int) -> np.n
   stems *= rng.uniform(0.08, 0.2, size=(4, 1))
   pans = rng.uniform(0.6, 1.0, size=(4, channels))
   return (stems[:, None, :] * pans[:, :, None]).astype(np.float32)
+
+
+def tiny_mae_config(frontend: str = "stft", **mae_overrides):
+  """``configs/tiny.py:mae`` (``:mae,learned`` for the learned front end), ``config.mae``
+  fields overridden by keyword: the Audio-MAE of the model and pre-training tests."""
+  config = config_files.load_config("tiny:mae,learned" if frontend == "learned" else "tiny:mae")
+  for name, value in mae_overrides.items():
+    setattr(config.mae, name, value)
+  return config
+
+
+def harmonic_audio(key, batch: int, length: int = 2000) -> jax.Array:
+  """Never-silent test audio `[batch, 1, length]`: random harmonic tones plus a little noise."""
+  tone_key, noise_key = jax.random.split(key)
+  frequencies = jax.random.uniform(tone_key, (batch, 1, 3), minval=0.01, maxval=0.2)
+  t = jnp.arange(length)
+  tones = jnp.sum(jnp.sin(2 * jnp.pi * frequencies[..., None] * t), axis=-2)
+  return 0.1 * tones + 0.01 * jax.random.normal(noise_key, (batch, 1, length))
 
 
 @pytest.fixture(scope="session")

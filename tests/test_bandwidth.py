@@ -119,7 +119,7 @@ def test_silence_stays_silent_and_equal_rates_change_nothing(tmp_path):
   assert silent.shape == (8, 2, 5000) and not silent.any()
   short = bandwidth.extend_band(np.ones((3, 1, 7)), np.full((1, 7), 6.0), 44100, 16000)
   np.testing.assert_allclose(short.sum(axis=0), 6.0, rtol=1e-6)
-  # At the model's own rate the Separator takes no STFT step: the equal split, as before.
+  # At the model's own rate the Separator takes no STFT step: the equal split, untouched.
   calls = []
   original = bandwidth.BandExtender.__init__
 

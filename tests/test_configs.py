@@ -45,9 +45,9 @@ def test_the_experiment_files_are_all_there():
 
 
 # What each file name's config sets apart from ``default.py`` ({"model.hop": 64, ...};
-# "<absent>" for a field it drops), as it was before the perf and Conv-TasNet variants became
-# arguments of one file and the tests' variants moved into configs/; a field added to
-# default.py for every config leaves these alone. ``name:arg``: a file with an argument.
+# "<absent>" for a field it drops), fixed so that rearranging configs/ cannot change what a
+# name trains (where they were taken: docs/history.md); a field added to default.py for every
+# config leaves these alone. ``name:arg``: a file with an argument.
 SNAPSHOTS = json.loads((REPO / "tests" / "config_snapshots.json").read_text())
 
 

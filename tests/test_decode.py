@@ -69,7 +69,7 @@ def test_mp3_without_xing_header_has_the_length_that_decodes(tmp_path):
   whole = audio.read_audio(path)
   assert info.decoder == "ffmpeg" and info.warning is None
   assert whole.shape == (2, info.frames)
-  # libsndfile's header estimate is not what decodes (that was the bug: reads past the end).
+  # libsndfile's header estimate is not what decodes: reads by it run past the end.
   assert soundfile.info(str(path)).frames != info.frames
   # Blocks read front to back (as the separator reads) are the whole file, exactly.
   blocks = [audio.read_audio(path, start_frame=s, num_frames=7000) for s in range(0, 230000, 7000)]

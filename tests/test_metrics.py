@@ -208,7 +208,7 @@ def test_silent_stems_is_validations_rule_in_jax_and_numpy():
   levels_db = np.array([-200.0, -70.0, -50.01, -49.99, -20.0, 0.0])
   stems = unit * (10 ** (levels_db / 20))[:, None, None].astype(np.float32)
   flat = stems.reshape(6, -1)
-  # Validation's rule as it was written in eval_step (active = louder than the threshold).
+  # Validation's rule written out directly (active = louder than the threshold).
   active = 10 * jnp.log10(jnp.mean(jnp.asarray(flat) ** 2, axis=-1) + 1e-20) >= -50.0
   np.testing.assert_array_equal(~metrics.silent_stems(flat, -50.0), active)
   np.testing.assert_array_equal(np.asarray(active), [False, False, False, True, True, True])

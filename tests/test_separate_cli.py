@@ -310,14 +310,15 @@ def test_help_imports_no_jax(tool):
   assert not imported & {"jax", "flax", "orbax.checkpoint", "tensorflow"}, imported
 
 
-# What the libraries printed on every start or workdir load before command_line.quiet_startup.
+# What the libraries print on a start or a workdir load unless command_line.quiet_startup
+# silences them.
 START_UP_NOISE = ("WARNING:absl", "oneDNN", "absl::InitializeLog", "libtpu", "Traceback")
 
 
 @pytest.mark.slow
 def test_a_workdir_under_the_old_option_name_with_two_jobs(exported, tmp_path):
   # --workdir (the older spelling of --model) on the workdir the model was exported from:
-  # orbax's restore used to print three WARNING:absl lines.
+  # orbax's restore prints WARNING:absl lines there unless they are silenced.
   songs = [tmp_path / "song0.wav", tmp_path / "song1.wav"]
   for i, song in enumerate(songs):
     audio.write_audio(song, _tone(2.0, i), RATE_HZ)

@@ -6,7 +6,7 @@ project's 2-core machine, against 0.1-0.5 s for the .sf2 files, and the renderer
 FluidSynth per stem. Decoding once into 16-bit PCM gives an .sf2 that loads like any other
 and renders the same audio: to the last bit where soundfile and FluidSynth use the same
 libsndfile build; otherwise a few decoded samples round the other way (the rendered audio
-then differed by under 2e-6 of full scale, tests/test_soundfont.py).
+then differed by under 2e-6 of full scale, tests/data/test_soundfont.py).
 
 The .sf2 lives in ``$XDG_CACHE_HOME/trackformer_jax/soundfonts`` (``~/.cache/...``), named
 after the .sf3 and keyed by its path, size and modification time; it is written to a

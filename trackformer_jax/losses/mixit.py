@@ -182,8 +182,8 @@ def remix(mixing: jax.Array, estimates: jax.Array, precision=None) -> jax.Array:
   """``mixing [B, K, M]`` applied to ``estimates [B, M, ...]``: the K remixed ``[B, K, ...]``.
 
   The one remix of the graph (the loss, and the MixIT task's MoM and stem estimates);
-  ``scoring.remix`` is its numpy twin for whole songs, from labels (tests/test_mixit.py checks
-  that they agree).
+  ``scoring.remix`` is its numpy twin for whole songs, from labels
+  (tests/losses/test_mixit.py checks that they agree).
   """
   return jnp.einsum("bkm,bm...->bk...", mixing, estimates, precision=precision)
 
@@ -208,7 +208,7 @@ def mixture_consistency(
     Estimates of the same shape whose sum over M equals ``mixture``.
 
   ``stitching.share_residual`` is its numpy twin for whole songs (the unweighted case, one
-  example; tests/test_mixit.py checks that they agree).
+  example; tests/losses/test_mixit.py checks that they agree).
   """
   if mixture.shape != estimates.shape[:1] + estimates.shape[2:]:
     raise ValueError(

@@ -16,7 +16,7 @@ from trackformer_jax import models
 from trackformer_jax.bench.memory import step_memory_bytes
 from trackformer_jax.models import convtasnet, separator
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 KEY = jax.random.PRNGKey(0)
 
 

@@ -19,7 +19,7 @@ from test_separate_cli import START_UP_NOISE, run_tool
 from trackformer_jax import audio, calibrate, checkpoints, evaluate, separate
 from trackformer_jax import export as export_lib
 
-REPO = pathlib.Path(__file__).resolve().parents[1]
+REPO = pathlib.Path(__file__).resolve().parents[2]
 
 
 @flax.struct.dataclass

@@ -19,7 +19,7 @@ from trackformer_jax import train
 from trackformer_jax.training import state as state_lib
 from trackformer_jax.training import steps, workdir
 
-REPO = pathlib.Path(__file__).resolve().parents[1]
+REPO = pathlib.Path(__file__).resolve().parents[2]
 
 
 def test_config(data_spec: str, overrides=None):

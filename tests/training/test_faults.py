@@ -44,7 +44,7 @@ from trackformer_jax.training import steps
 from trackformer_jax.training import workdir as workdir_lib
 from trackformer_jax.training.tasks import mae as mae_task
 
-REPO = pathlib.Path(__file__).resolve().parents[1]
+REPO = pathlib.Path(__file__).resolve().parents[2]
 
 # A short schedule saved at every step, so that a kill lands among saves; evaluation only at
 # the start (the untrained control) and the end; the newest two steps kept.
@@ -133,7 +133,7 @@ def _train_rows(workdir: pathlib.Path) -> dict[int, dict]:
 
 
 # Runs the CLI with a batch stream that injects inf into one batch's reference mixtures and
-# NaN into a run of inputs: the in-process monkeypatch of tests/test_train.py, but through
+# NaN into a run of inputs: the in-process monkeypatch of tests/training/test_loop.py, but through
 # main's error handling and with the other input poisoned.
 _CLI_WITH_BAD_BATCHES = textwrap.dedent(
   """

@@ -18,7 +18,7 @@ from test_separate_cli import RATE_HZ, exported  # noqa: F401  (a fixture)
 
 from trackformer_jax import audio, separate
 
-REPO = pathlib.Path(__file__).resolve().parents[1]
+REPO = pathlib.Path(__file__).resolve().parents[2]
 
 
 def truncate_params(folder: pathlib.Path) -> str:

@@ -24,7 +24,7 @@ from trackformer_jax.training import state as state_lib
 from trackformer_jax.training import workdir as workdir_lib
 from trackformer_jax.training.tasks import mixit as mixit_task
 
-REPO = pathlib.Path(__file__).resolve().parents[1]
+REPO = pathlib.Path(__file__).resolve().parents[2]
 
 
 # configs/test.py fixes the schedule (20 steps); every run below keeps it, so they all compile

@@ -24,7 +24,7 @@ import pytest
 
 from trackformer_jax import checkpoints
 
-REPO = pathlib.Path(__file__).resolve().parents[1]
+REPO = pathlib.Path(__file__).resolve().parents[2]
 STEPS = 4
 TIMEOUT_S = 540
 
