@@ -1,5 +1,6 @@
 """The Conv-TasNet baseline (Luo & Mesgarani 2019; N = 8 outputs) with the seed's MixIT recipe:
-same losses, optimiser, schedule and data as ``perf.py`` at the same segment length.
+same losses, optimiser, schedule and data as ``perf.py`` at the same segment length (the
+seed: the work this project reproduces, docs/history.md).
 
   python -m trackformer_jax.main --config=configs/convtasnet.py:30
 

@@ -1,7 +1,8 @@
 """Default hyper-parameters: the seed's recipe (Performer separator, MixIT, 44.1 kHz mono).
 
 Every experiment file imports this and overrides a few fields; any field can also be set
-on the command line, e.g. ``--config.batch_size=8``.
+on the command line, e.g. ``--config.batch_size=8``. The seed is the work this project
+reproduces (docs/history.md).
 """
 
 import ml_collections

@@ -20,7 +20,8 @@ SECONDS = (3, 5, 10, 30)
 # Beyond the configs: the Performer at 60 and 120 s shows how its memory grows with length.
 PERFORMER_EXTRA_SECONDS = (60, 120)
 PERFORMER_TARGET_GIB = 16.0  # issue 9's target for perf30
-CONVTASNET_OOM_GIB = 32.0  # the seed's card: its 30 s Conv-TasNet did not fit
+# The seed's card (the seed: docs/history.md): its 30 s Conv-TasNet did not fit.
+CONVTASNET_OOM_GIB = 32.0
 
 
 def step_memory_bytes(config: ml_collections.ConfigDict) -> dict[str, int]:

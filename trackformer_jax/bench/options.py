@@ -24,7 +24,8 @@ class BenchOptions:
     smoke: tiny sizes everywhere: checks the code paths and the JSON, measures nothing useful.
     data: the data spec the pipeline and seed-tables suites read (see ``configs/default.py``).
     device_memory_gib: the accelerator budget a full-size step is judged against (the seed's
-      32 GB card): a step whose compiled memory exceeds it is reported as OOM.
+      32 GB card; the seed: docs/history.md): a step whose compiled memory exceeds it is
+      reported as OOM.
     host_memory_gib: steps and attention calls whose compiled memory exceeds this are
       compiled and reported but not run on this machine.
     memory_configs: only these memory-suite configs (e.g. ``("perf30", "convtasnet30")``);

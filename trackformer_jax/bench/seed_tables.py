@@ -1,5 +1,6 @@
 """Seed-tables suite: the seed's Tables 1-3 and its auxiliary-loss ablation, reproduced at a
-stated (reduced) scale in one run, each cell beside its untrained control.
+stated (reduced) scale in one run, each cell beside its untrained control. (The seed: the
+work this project reproduces; docs/history.md says what is known of it.)
 
 The scale: every width and every depth of both models divided by 4 (Performer: 3 layers of
 width 64, 2 heads of 32, 64 random features; Conv-TasNet: N = H = 128, B = Sc = 32, 2 repeats

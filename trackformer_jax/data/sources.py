@@ -22,7 +22,7 @@ Splits ("train", "validation", "test"), all by song so that no song is in two sp
 * ``chorales``, ``bundled``: the renderers already put 20 % of the songs (by hash) in
   ``test/``: train = ``train/``; validation and test = ``test/``.
 * ``moisesdb``, ``folder``: 80 % / 20 % by a stable hash of the song id (the seed's
-  protocol): train = the 80 %; validation and test = the held-out 20 %.
+  protocol; the seed: docs/history.md): train = the 80 %; validation and test = the held-out 20 %.
 * ``tfds``: the prepared splits (those of the corpus it was prepared from); where there is
   no test split (MOISESDB), test = validation. Its "tracks" are the prepared chunks, so
   crops never cross a chunk boundary: prepare with ``chunk_seconds`` >= the crop length.

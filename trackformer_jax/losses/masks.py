@@ -1,4 +1,5 @@
-"""The seed's auxiliary mask losses and its two mask diagnostics.
+"""The seed's auxiliary mask losses and its two mask diagnostics (the seed: the work this
+project reproduces, docs/history.md).
 
 Layouts: masks ``[batch, N, ...]`` (any trailing axes: frames, frequency bins, channels);
 estimates ``[batch, N, time]`` or ``[batch, N, channels, time]``; mixture ``[batch, time]``
