@@ -198,10 +198,7 @@ def describe(stem_map: StemMap) -> tuple[list[str], list[str]]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-  command_line.quiet_startup()
-  parser = get_parser()
-  args = parser.parse_args(argv)
-  command_line.require_model(parser, args)
+  args = command_line.parse_tool_args(get_parser, argv)
   from trackformer_jax import export as export_lib
   from trackformer_jax.atomic_files import write_json_atomic
 

@@ -1,8 +1,8 @@
 """What the command-line tools (separate, evaluate, export, calibrate) share.
 
-* ``quiet_startup()``: called first in each tool's ``main``, before jax, orbax or TensorFlow is
-  imported, so that a command prints what it did and its own warnings, not the libraries'
-  start-up notices.
+* ``parse_tool_args(get_parser, argv)``: each tool's ``main`` starts with it. It calls
+  ``quiet_startup()`` first, before jax, orbax or TensorFlow is imported, so that a command
+  prints what it did and its own warnings, not the libraries' start-up notices.
 * ``--model`` (one name in every tool; ``--workdir``, the older spelling, still works),
   ``-d/--device cpu|gpu`` and ``--weights ema|raw``.
 
@@ -16,6 +16,7 @@ import argparse
 import importlib
 import logging
 import os
+from collections.abc import Callable, Sequence
 
 # checkpoints.WEIGHTS, spelled here so that building a parser does not import orbax
 # (tests/test_separate_cli.py checks that the two agree).
@@ -69,17 +70,24 @@ def quiet_startup() -> None:
 
 def add_model_argument(parser: argparse.ArgumentParser, help: str, *, repeat: bool = False):
   """``--model MODEL`` (``repeat``: given once or more, a list); ``--workdir`` is its hidden
-  older spelling. Check it with ``require_model``."""
+  older spelling. ``parse_tool_args`` requires it."""
   action = "append" if repeat else "store"
   suffix = "; repeat to compare" if repeat else ""
   parser.add_argument("--model", action=action, default=None, metavar="MODEL", help=help + suffix)
   parser.add_argument("--workdir", action=action, dest="model", help=argparse.SUPPRESS)
 
 
-def require_model(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
-  """Exits through ``parser.error`` (status 2) when ``--model`` was not given."""
+def parse_tool_args(
+  get_parser: Callable[[], argparse.ArgumentParser], argv: Sequence[str] | None
+) -> argparse.Namespace:
+  """A model tool's start: ``quiet_startup()``, then ``get_parser()``'s parse of ``argv``;
+  exits through ``parser.error`` (status 2) when ``--model`` was not given."""
+  quiet_startup()
+  parser = get_parser()
+  args = parser.parse_args(argv)
   if not args.model:
     parser.error("the following arguments are required: --model")
+  return args
 
 
 def add_device_argument(parser: argparse.ArgumentParser) -> None:

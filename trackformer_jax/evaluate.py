@@ -124,10 +124,7 @@ def get_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-  command_line.quiet_startup()
-  parser = get_parser()
-  args = parser.parse_args(argv)
-  command_line.require_model(parser, args)
+  args = command_line.parse_tool_args(get_parser, argv)
   from trackformer_jax.eval_reports import markdown_table, write_reports
   from trackformer_jax.evaluation import EvalOptions, evaluate_workdir
 

@@ -63,10 +63,7 @@ def get_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-  command_line.quiet_startup()
-  parser = get_parser()
-  args = parser.parse_args(argv)
-  command_line.require_model(parser, args)
+  args = command_line.parse_tool_args(get_parser, argv)
   from trackformer_jax.inference.exporting import export_workdir
   from trackformer_jax.inference.loading import config_sample_rate
   from trackformer_jax.inference.model_folder import CONFIG_FILE, ModelLoadError, read_model_config

@@ -203,10 +203,7 @@ def _name_stems(model, stem_map, args) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-  command_line.quiet_startup()
-  parser = get_parser()
-  args = parser.parse_args(argv)
-  command_line.require_model(parser, args)
+  args = command_line.parse_tool_args(get_parser, argv)
   # Signals are taken from here on: the first one stops the work at its next check.
   with interrupts.graceful() as stop:
     return _separate_all(args, stop)

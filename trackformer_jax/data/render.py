@@ -440,6 +440,37 @@ def prepare_corpus(out_dir, tracks: int, seconds: float, seed: int, soundfont, o
   return soundfonts, font_files
 
 
+def render_prepared(
+  render_one,
+  out_dir,
+  tracks: int,
+  seconds,
+  seed,
+  soundfont,
+  only_split,
+  *,
+  jobs,
+  progress,
+  fields=dict,
+) -> list[str]:
+  """What every FluidSynth corpus render does: :func:`prepare_corpus`, then
+  ``render_one(index, out_dir=, seconds=, seed=, soundfonts=, only_split=, font_files=,
+  **fields())`` for each track through ``multitrack.render_all``. ``fields`` is called after
+  the checks, so that a refused render costs nothing more."""
+  soundfonts, font_files = prepare_corpus(out_dir, tracks, seconds, seed, soundfont, only_split)
+  work = functools.partial(
+    render_one,
+    out_dir=str(out_dir),
+    seconds=float(seconds),
+    seed=int(seed),
+    soundfonts=soundfonts,
+    only_split=only_split,
+    font_files=font_files,
+    **fields(),
+  )
+  return multitrack.render_all(work, tracks, out_dir, jobs=jobs, progress=progress)
+
+
 def render_corpus(
   out_dir: str | os.PathLike,
   tracks: int = DEFAULT_TRACKS,
@@ -461,19 +492,18 @@ def render_corpus(
 
   Returns the rendered track folders in index order.
   """
-  soundfonts, font_files = prepare_corpus(out_dir, tracks, seconds, seed, soundfont, only_split)
-  scores = score_paths()
-  work = functools.partial(
+  return render_prepared(
     render_track,
-    out_dir=str(out_dir),
-    seconds=float(seconds),
-    seed=int(seed),
-    soundfonts=soundfonts,
-    scores=scores,
-    only_split=only_split,
-    font_files=font_files,
+    out_dir,
+    tracks,
+    seconds,
+    seed,
+    soundfont,
+    only_split,
+    jobs=jobs,
+    progress=progress,
+    fields=lambda: {"scores": score_paths()},
   )
-  return multitrack.render_all(work, tracks, out_dir, jobs=jobs, progress=progress)
 
 
 def main(argv: list[str] | None = None) -> int:

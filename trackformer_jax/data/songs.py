@@ -23,7 +23,6 @@ Command line::
 
 from __future__ import annotations
 
-import functools
 import os
 import sys
 import tempfile
@@ -132,19 +131,9 @@ def render_songs(
   """Renders songs ``0 .. tracks-1`` into ``out_dir`` (finished ones are skipped); returns
   their folders in index order. ``soundfont``: one General MIDI SoundFont or a list, one
   drawn per part."""
-  soundfonts, font_files = render.prepare_corpus(
-    out_dir, tracks, seconds, seed, soundfont, only_split
+  return render.render_prepared(
+    render_song, out_dir, tracks, seconds, seed, soundfont, only_split, jobs=jobs, progress=progress
   )
-  work = functools.partial(
-    render_song,
-    out_dir=str(out_dir),
-    seconds=float(seconds),
-    seed=int(seed),
-    soundfonts=soundfonts,
-    only_split=only_split,
-    font_files=font_files,
-  )
-  return multitrack.render_all(work, tracks, out_dir, jobs=jobs, progress=progress)
 
 
 def main(argv: list[str] | None = None) -> int:
