@@ -1,6 +1,8 @@
-"""Shared test fixtures: tiny corpora in the real layouts, written once per session.
+"""Shared test fixtures: tiny corpora in the real layouts, written once per session, the
+tiny exported model and stand-in models. The plain functions the tests share are in
+``helpers.py``.
 
-All are small (a few tracks of ~2 s at 8 kHz) so any test can use them freely:
+The corpora are small (a few tracks of ~2 s at 8 kHz) so any test can use them freely:
 
 * ``tiny_musdb``     Path to a MUSDB18-HQ layout: ``train/`` with 4 tracks, two of them
                      named like MUSDB's validation subset, and ``test/`` with 2 tracks;
@@ -20,9 +22,11 @@ All are small (a few tracks of ~2 s at 8 kHz) so any test can use them freely:
                      folder for the module's tests, caching every program; the module's
                      own JAX settings are restored after it. Use it with
                      ``pytestmark = pytest.mark.usefixtures("compilation_cache")``.
-
-Plain functions, imported as ``from conftest import ...``: ``synthetic_stems`` (the tiny
-corpora's stems), ``tiny_mae_config`` and ``harmonic_audio`` (the Audio-MAE tests').
+* ``exported``       (module scope) Path to an exported tiny model (the Performer of
+                     ``configs/test.py``, randomly initialised; 8 kHz mono), exported from
+                     the workdir beside it, ``exported.parent / "workdir"``.
+* ``stand_in_models`` ``load_model`` gives ``helpers.band_split_model`` (with a tiny
+                     config), ``random_init_model`` (the control) ``equal_split_model``.
 
 Use the session paths read-only; copy them (``shutil.copytree``) before damaging files.
 """
@@ -34,65 +38,21 @@ import uuid
 from pathlib import Path
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
+from helpers import (
+  TINY_MUSDB_TEST,
+  TINY_MUSDB_TRAIN,
+  TINY_RATE_HZ,
+  band_split_model,
+  equal_split_model,
+  synthetic_stems,
+  write_tiny_workdir,
+)
 
 from trackformer_jax import audio
+from trackformer_jax.inference import exporting, loading
 from trackformer_jax.training import config_files
-
-TINY_RATE_HZ = 8000
-# Two of MUSDB's 14 validation names, so the tiny corpus has a non-empty validation split.
-TINY_MUSDB_TRAIN = (
-  "Actions - One Minute Smile",
-  "Leaf - Summerghost",
-  "Tiny Artist - First Song",
-  "Tiny Artist - Second Song",
-)
-TINY_MUSDB_TEST = ("Tiny Band - Held Out", "Tiny Band - Also Held Out")
-
-
-def synthetic_stems(seed: int, frames: int, channels: int, rate_hz: int) -> np.ndarray:
-  """Four distinct, never-silent harmonic stems ``float32 [4, channels, frames]``.
-
-  vocals: a gliding 3-harmonic tone; bass: a low sawtooth-ish tone; drums: decaying noise
-  bursts on a beat grid; other: a two-note chord. Amplitudes keep every sum below 1.
-  """
-  rng = np.random.default_rng(seed)
-  t = np.arange(frames) / rate_hz
-  f_vocal = rng.uniform(300, 600) * (1 + 0.05 * np.sin(2 * np.pi * rng.uniform(0.5, 2) * t))
-  phase = 2 * np.pi * np.cumsum(f_vocal) / rate_hz
-  vocals = sum(np.sin(k * phase) / k for k in (1, 2, 3))
-  f_bass = rng.uniform(50, 110)
-  bass = sum(np.sin(2 * np.pi * k * f_bass * t) / k for k in range(1, 6))
-  beat = int(rate_hz * rng.uniform(0.2, 0.35))
-  envelope = np.exp(-np.mod(np.arange(frames), beat) / (0.03 * rate_hz))
-  drums = rng.standard_normal(frames) * envelope
-  f_other = rng.uniform(200, 400)
-  other = np.sin(2 * np.pi * f_other * t) + np.sin(2 * np.pi * f_other * 1.25 * t)
-  stems = np.stack([vocals, bass, drums, other])
-  stems /= np.abs(stems).max(axis=1, keepdims=True)
-  stems *= rng.uniform(0.08, 0.2, size=(4, 1))
-  pans = rng.uniform(0.6, 1.0, size=(4, channels))
-  return (stems[:, None, :] * pans[:, :, None]).astype(np.float32)
-
-
-def tiny_mae_config(frontend: str = "stft", **mae_overrides):
-  """``configs/tiny.py:mae`` (``:mae,learned`` for the learned front end), ``config.mae``
-  fields overridden by keyword: the Audio-MAE of the model and pre-training tests."""
-  config = config_files.load_config("tiny:mae,learned" if frontend == "learned" else "tiny:mae")
-  for name, value in mae_overrides.items():
-    setattr(config.mae, name, value)
-  return config
-
-
-def harmonic_audio(key, batch: int, length: int = 2000) -> jax.Array:
-  """Never-silent test audio `[batch, 1, length]`: random harmonic tones plus a little noise."""
-  tone_key, noise_key = jax.random.split(key)
-  frequencies = jax.random.uniform(tone_key, (batch, 1, 3), minval=0.01, maxval=0.2)
-  t = jnp.arange(length)
-  tones = jnp.sum(jnp.sin(2 * jnp.pi * frequencies[..., None] * t), axis=-2)
-  return 0.1 * tones + 0.01 * jax.random.normal(noise_key, (batch, 1, length))
 
 
 @pytest.fixture(scope="session")
@@ -192,3 +152,27 @@ def compilation_cache(tmp_path_factory):
   yield
   for name, value in saved.items():
     jax.config.update(name, value)
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory, tiny_config):
+  """An exported tiny model (8 kHz mono), through a workdir as training leaves it."""
+  root = tmp_path_factory.mktemp("model")
+  write_tiny_workdir(root / "workdir", tiny_config, [(1, 1.0, {"score": 1.0})], keep_checkpoints=2)
+  out = root / "tiny"
+  exporting.export_workdir(root / "workdir", out)
+  return out
+
+
+@pytest.fixture
+def stand_in_models(monkeypatch, tiny_config):
+  """load_model gives the band splitter (with a tiny config); the control splits equally."""
+
+  def load_model(path, **kwargs):
+    model = band_split_model()
+    model.config = tiny_config("musdb:unused")
+    model.name = str(path)
+    return model
+
+  monkeypatch.setattr(loading, "load_model", load_model)
+  monkeypatch.setattr(loading, "random_init_model", lambda config, **k: equal_split_model())

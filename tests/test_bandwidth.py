@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 import scipy.signal
 import soxr
+from helpers import band_split_model
 
 from trackformer_jax import audio, bandwidth, separate
-from trackformer_jax import export as export_lib
 from trackformer_jax.separate import Separator
 
 FILE_RATE_HZ = 44100
@@ -50,31 +50,6 @@ def gated_sources(seconds=2.0, seed=0) -> tuple[np.ndarray, np.ndarray]:
   sources = np.zeros((4, 1, t.size))
   sources[0, 0], sources[1, 0] = a, b
   return sources.astype(np.float32), gate
-
-
-def band_split_model(sample_rate_hz=8000, num_outputs=8) -> export_lib.LoadedModel:
-  """A mono stand-in model: output i = the i-th of equal-width bands of the segment's FFT."""
-
-  def apply_fn(mix, want_masks=False):
-    spectrum = np.fft.rfft(mix, axis=-1)  # [B, C, F]
-    edges = np.linspace(0, spectrum.shape[-1], num_outputs + 1).round().astype(int)
-    bands = [
-      np.where(
-        (np.arange(spectrum.shape[-1]) >= lo) & (np.arange(spectrum.shape[-1]) < hi), spectrum, 0
-      )
-      for lo, hi in zip(edges[:-1], edges[1:])
-    ]
-    estimates = np.fft.irfft(np.stack(bands, axis=1), n=mix.shape[-1], axis=-1)
-    return estimates.astype(np.float32), None
-
-  return export_lib.LoadedModel(
-    name="bands",
-    model_name="bands",
-    sample_rate_hz=sample_rate_hz,
-    channels=1,
-    num_outputs=num_outputs,
-    apply_fn=apply_fn,
-  )
 
 
 def high_energy(x: np.ndarray, cutoff_hz=MODEL_RATE_HZ / 2 + 500) -> float:

@@ -8,8 +8,7 @@ import logging
 
 import numpy as np
 import pytest
-from conftest import synthetic_stems
-from test_evaluate import equal_split_model, stand_in_models  # noqa: F401 - fixture
+from helpers import synthetic_stems
 
 from trackformer_jax import audio, baselines, evaluate, scoring
 from trackformer_jax.data import sources
@@ -104,7 +103,7 @@ def test_a_stem_of_another_length_is_named(guitar_multitrack):
 def test_evaluate_scores_any_stems_with_nmf_beside_control_and_ceiling(
   tmp_path,
   guitar_multitrack,
-  stand_in_models,  # noqa: F811
+  stand_in_models,
 ):
   out = tmp_path / "results.json"
   code = evaluate.main(
@@ -138,7 +137,7 @@ def test_evaluate_scores_any_stems_with_nmf_beside_control_and_ceiling(
   assert out.with_suffix(".png").read_bytes()[:4] == b"\x89PNG"
 
 
-def test_no_nmf_leaves_the_baseline_out(tmp_path, tiny_musdb, stand_in_models):  # noqa: F811
+def test_no_nmf_leaves_the_baseline_out(tmp_path, tiny_musdb, stand_in_models):
   out = tmp_path / "plain.json"
   args = ["--workdir", "runs/a", "--data", f"musdb:{tiny_musdb}", "--out", str(out),
           "--segment", "0.5", "--mom-seconds", "0", "--no-control", "--max-tracks", "1",

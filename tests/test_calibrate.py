@@ -6,11 +6,10 @@ import json
 
 import numpy as np
 import pytest
-from test_separate import band_split_model, band_tones
-from test_separate_cli import exported, run_tool  # noqa: F401  (a fixture)
+from helpers import band_split_model, band_tones, calibrate_args, run_tool
 
 from trackformer_jax import audio, calibrate
-from trackformer_jax import export as export_lib
+from trackformer_jax.inference import loading, model_folder
 
 # Which band (= which output of band_split_model) each stem of the corpus below lives in.
 TRUE_MAP = ("other", "bass", "vocals", "drums", "other", "vocals", "bass", "drums")
@@ -25,11 +24,11 @@ def banded_musdb(tmp_path):
     stems = np.stack(
       [
         tones[[b for b, s in enumerate(TRUE_MAP) if s == stem]].sum(axis=0)
-        for stem in export_lib.STEM_NAMES
+        for stem in model_folder.STEM_NAMES
       ]
     )
     folder = root / "train" / f"Song {i}"
-    for stem, signal in zip(export_lib.STEM_NAMES, stems):
+    for stem, signal in zip(model_folder.STEM_NAMES, stems):
       audio.write_audio(folder / f"{stem}.wav", signal, 8000, subtype="FLOAT")
     audio.write_audio(folder / "mixture.wav", stems.sum(axis=0), 8000, subtype="FLOAT")
   return root
@@ -66,25 +65,10 @@ def test_cli_stores_the_map_with_the_model_and_separate_uses_it(
   model_dir = tmp_path / "model"
   model_dir.mkdir()
   model = band_split_model()
-  monkeypatch.setattr(calibrate.export_lib, "load_model", lambda *a, **k: model)
-  code = calibrate.main(
-    [
-      "--model",
-      str(model_dir),
-      "--data",
-      f"musdb:{banded_musdb}",
-      "--tracks",
-      "2",
-      "--excerpts",
-      "1",
-      "--excerpt-seconds",
-      "1",
-      "--segment",
-      "0.5",
-    ]
-  )
+  monkeypatch.setattr(loading, "load_model", lambda *a, **k: model)
+  code = calibrate.main(calibrate_args(model_dir, banded_musdb, "--segment", "0.5"))
   assert code == 0, capsys.readouterr().err
-  stored = export_lib.read_stem_map(model_dir)
+  stored = model_folder.read_stem_map(model_dir)
   assert stored.output_to_stem == TRUE_MAP
   assert "output_2 -> vocals" in capsys.readouterr().out
   # separate names its files by stem once the model carries the map.
@@ -98,20 +82,15 @@ def test_cli_stores_the_map_with_the_model_and_separate_uses_it(
   )
   assert code == 0
   assert sorted(p.stem for p in (tmp_path / "sep/bands/song").iterdir()) == sorted(
-    export_lib.STEM_NAMES
+    model_folder.STEM_NAMES
   )
 
 
 def test_cli_rejects_unlabelled_data(tmp_path, tiny_folder, monkeypatch, capsys):
-  monkeypatch.setattr(calibrate.export_lib, "load_model", lambda *a, **k: band_split_model())
+  monkeypatch.setattr(loading, "load_model", lambda *a, **k: band_split_model())
   code = calibrate.main(["--model", str(tmp_path), "--data", f"folder:{tiny_folder}"])
   assert code == 1
   assert "labelled" in capsys.readouterr().err
-
-
-def _calibrate_args(model_dir, banded_musdb, *extra):
-  data = ["--data", f"musdb:{banded_musdb}", "--tracks", "2", "--excerpts", "1"]
-  return ["--model", str(model_dir), *data, "--excerpt-seconds", "1", "--segment", "0.5", *extra]
 
 
 def test_a_read_only_model_is_refused_before_any_work_and_out_writes_elsewhere(
@@ -130,21 +109,22 @@ def test_a_read_only_model_is_refused_before_any_work_and_out_writes_elsewhere(
   def no_loading(*a, **k):
     raise AssertionError("loaded the model before checking where the map goes")
 
-  monkeypatch.setattr(calibrate.export_lib, "load_model", no_loading)
-  assert calibrate.main(_calibrate_args(model_dir, banded_musdb)) == 1
+  monkeypatch.setattr(loading, "load_model", no_loading)
+  assert calibrate.main(calibrate_args(model_dir, banded_musdb, "--segment", "0.5")) == 1
   assert capsys.readouterr().err.strip() == (
     f"calibrate: {model_dir}: not writable, the stem map cannot be written there; give --out "
     "STEM_MAP.json to write it elsewhere"
   )
 
   model = band_split_model()
-  monkeypatch.setattr(calibrate.export_lib, "load_model", lambda *a, **k: model)
+  monkeypatch.setattr(loading, "load_model", lambda *a, **k: model)
   out = tmp_path / "maps" / "bands.json"
   out.parent.mkdir()
-  assert calibrate.main(_calibrate_args(model_dir, banded_musdb, "--out", str(out))) == 0
+  args = calibrate_args(model_dir, banded_musdb, "--segment", "0.5", "--out", str(out))
+  assert calibrate.main(args) == 0
   printed = capsys.readouterr()
-  assert not (model_dir / export_lib.STEM_MAP_FILE).exists()
-  assert export_lib.StemMap.from_json(json.loads(out.read_text())).output_to_stem == (TRUE_MAP)
+  assert not (model_dir / model_folder.STEM_MAP_FILE).exists()
+  assert model_folder.StemMap.from_json(json.loads(out.read_text())).output_to_stem == (TRUE_MAP)
   assert "output_2 -> vocals (votes vocals 2, bass 0, drums 0, other 0; 100% agree)" in printed.out
   assert "warning" not in printed.err
 
@@ -152,11 +132,11 @@ def test_a_read_only_model_is_refused_before_any_work_and_out_writes_elsewhere(
   song = tmp_path / "song.wav"
   mix = band_tones(1.0, seed=99).sum(axis=0)
   audio.write_audio(song, mix, 8000, subtype="FLOAT")
-  monkeypatch.setattr(separate.export_lib, "load_model", lambda *a, **k: model)
+  monkeypatch.setattr(loading, "load_model", lambda *a, **k: model)
   common = [str(song), "--model", str(model_dir), "--no-progress", "--stem-map", str(out)]
   assert separate.main([*common, "-o", str(tmp_path / "four")]) == 0
   four = tmp_path / "four/bands/song"
-  assert sorted(p.stem for p in four.iterdir()) == sorted(export_lib.STEM_NAMES)
+  assert sorted(p.stem for p in four.iterdir()) == sorted(model_folder.STEM_NAMES)
   model.stem_map = None
   assert separate.main([*common, "-o", str(tmp_path / "two"), "--two-stems", "vocals"]) == 0
   two = tmp_path / "two/bands/song"
@@ -182,11 +162,11 @@ def test_separate_refuses_a_stem_map_that_does_not_fit_and_two_stems_without_one
 ):
   from trackformer_jax import separate
 
-  monkeypatch.setattr(separate.export_lib, "load_model", lambda *a, **k: band_split_model())
+  monkeypatch.setattr(loading, "load_model", lambda *a, **k: band_split_model())
   song = tmp_path / "song.wav"
   audio.write_audio(song, band_tones(0.5, seed=1).sum(axis=0), 8000)
   four = tmp_path / "four.json"
-  stems = list(export_lib.STEM_NAMES)
+  stems = list(model_folder.STEM_NAMES)
   four.write_text(json.dumps({"stems": stems, "output_to_stem": stems}))
   args = [str(song), "--model", "m", "-o", str(tmp_path / "out"), "--no-progress"]
   assert separate.main([*args, "--stem-map", str(four)]) == 2
@@ -202,7 +182,7 @@ def test_separate_refuses_a_stem_map_that_does_not_fit_and_two_stems_without_one
 
 @pytest.mark.slow
 def test_calibrate_takes_the_older_option_name_and_writes_a_readable_map(
-  exported,  # noqa: F811
+  exported,
   tiny_musdb,
   tmp_path,
 ):

@@ -6,39 +6,12 @@ from __future__ import annotations
 import pathlib
 import re
 
-import av
 import numpy as np
 import pytest
 import soundfile
+from helpers import encode
 
 from trackformer_jax import audio, decode
-
-
-def encode(path, mixture, rate_hz, codec, *, container_options=None, bitrate=None):
-  """Encodes ``mixture [C, T]`` (float, mono or stereo) with FFmpeg's ``codec``."""
-  channels = mixture.shape[0]
-  layout = "mono" if channels == 1 else "stereo"
-  with av.open(str(path), "w", options=container_options or {}) as container:
-    stream = container.add_stream(codec, rate=rate_hz)
-    stream.layout = layout
-    if bitrate:
-      stream.bit_rate = bitrate
-    formats = [f.name for f in stream.codec_context.codec.audio_formats]
-    pts = 0
-    for start in range(0, mixture.shape[1], 1000):
-      block = np.ascontiguousarray(mixture[:, start : start + 1000], np.float32)
-      if "fltp" in formats:
-        frame = av.AudioFrame.from_ndarray(block, format="fltp", layout=layout)
-      else:  # libopus takes interleaved 16-bit
-        interleaved = (block.T * 32767).astype(np.int16).reshape(1, -1)
-        frame = av.AudioFrame.from_ndarray(interleaved, format="s16", layout=layout)
-      frame.sample_rate = rate_hz
-      frame.pts = pts
-      pts += block.shape[1]
-      for packet in stream.encode(frame):
-        container.mux(packet)
-    for packet in stream.encode(None):
-      container.mux(packet)
 
 
 def chirp(seconds, rate_hz, channels=2):

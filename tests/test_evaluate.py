@@ -9,11 +9,9 @@ import re
 
 import numpy as np
 import pytest
-from test_separate import band_split_model, band_tones
-from test_separate_cli import START_UP_NOISE, exported, run_tool  # noqa: F401  (a fixture)
+from helpers import START_UP_NOISE, band_tones, run_tool
 
 from trackformer_jax import evaluate
-from trackformer_jax import export as export_lib
 from trackformer_jax.losses.mixit import mixit_loss
 
 
@@ -101,38 +99,6 @@ def test_gain_keys():
 def test_standard_error_skips_missing_values():
   assert evaluate.standard_error([1.0, 3.0, np.nan]) == pytest.approx(1.0)  # sd sqrt(2), n 2
   assert np.isnan(evaluate.standard_error([2.0, np.nan]))
-
-
-def equal_split_model(sample_rate_hz=8000, channels=1):
-  """Every output is mix / 8: any assignment scores exactly the input (SI-SNRi 0 dB)."""
-
-  def apply_fn(mix, want_masks=False):
-    return np.repeat(mix[:, None] / 8, 8, axis=1).astype(np.float32), None
-
-  return export_lib.LoadedModel(
-    name="equal",
-    model_name="equal",
-    sample_rate_hz=sample_rate_hz,
-    channels=channels,
-    num_outputs=8,
-    apply_fn=apply_fn,
-  )
-
-
-@pytest.fixture
-def stand_in_models(monkeypatch, tiny_config):
-  """load_model gives the band splitter (with a tiny config); the control splits equally."""
-
-  def load_model(path, **kwargs):
-    model = band_split_model()
-    model.config = tiny_config("musdb:unused")
-    model.name = str(path)
-    return model
-
-  monkeypatch.setattr(evaluate.export_lib, "load_model", load_model)
-  monkeypatch.setattr(
-    evaluate.export_lib, "random_init_model", lambda config, **k: equal_split_model()
-  )
 
 
 @pytest.mark.slow
@@ -278,7 +244,7 @@ def test_unlabelled_data_gives_the_label_free_scores(tmp_path, tiny_folder, stan
 
 
 @pytest.mark.slow
-def test_progress_bars_name_the_model_and_the_song(exported, tiny_musdb):  # noqa: F811
+def test_progress_bars_name_the_model_and_the_song(exported, tiny_musdb):
   # As a user runs it, with --workdir (the older spelling of --model).
   result = run_tool(
     "trackformer_jax.evaluate", "--workdir", exported, "--data", f"musdb:{tiny_musdb}",

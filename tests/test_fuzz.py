@@ -29,8 +29,8 @@ import pytest
 import soundfile
 
 from trackformer_jax import audio, separate
-from trackformer_jax import export as export_lib
 from trackformer_jax.data import sources
+from trackformer_jax.inference import exporting, loading
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 RATE_HZ = 8000
@@ -259,7 +259,7 @@ def test_a_folder_source_skips_each_bad_file_and_strict_mode_names_one(fuzz_corp
 # separate
 
 
-def fixed_split_model(num_outputs: int = 4) -> export_lib.LoadedModel:
+def fixed_split_model(num_outputs: int = 4) -> loading.LoadedModel:
   """A stand-in mono 8 kHz model: output i is the input times w_i (the w_i sum to 1)."""
   weights = np.arange(1, num_outputs + 1, dtype=np.float32)
   weights /= weights.sum()
@@ -267,7 +267,7 @@ def fixed_split_model(num_outputs: int = 4) -> export_lib.LoadedModel:
   def apply_fn(mix, want_masks=False):
     return mix[:, None] * weights[None, :, None, None], None
 
-  return export_lib.LoadedModel(
+  return loading.LoadedModel(
     name="split",
     model_name="split",
     sample_rate_hz=RATE_HZ,
@@ -303,7 +303,7 @@ def test_separate_writes_every_good_file_and_names_every_bad_one(fuzz_corpus, tm
 
 def test_the_separate_cli_prints_one_line_per_bad_file(fuzz_corpus, tmp_path, monkeypatch, capsys):
   folder, bad, good = fuzz_corpus
-  monkeypatch.setattr(separate.export_lib, "load_model", lambda *a, **k: fixed_split_model())
+  monkeypatch.setattr(loading, "load_model", lambda *a, **k: fixed_split_model())
   tracks = sorted(str(folder / name) for name in [*bad, *good])
   out = tmp_path / "separated"
   with time_limit(len(tracks) * PER_FILE_LIMIT_S, "separate CLI"):
@@ -424,8 +424,8 @@ def test_python_m_separate_on_a_folder_of_bad_files(fuzz_corpus, tmp_path):
   from configs import test as test_config
 
   config = test_config.get_config()
-  model = export_lib.random_init_model(config)
-  export_lib.export_model(config, model.variables, tmp_path / "model")
+  model = loading.random_init_model(config)
+  exporting.export_model(config, model.variables, tmp_path / "model")
   # A sample of the corpus: the CLI's own process pays JAX start-up and compilation.
   bad_names = [
     "random_44_bytes.wav",

@@ -19,13 +19,14 @@ import pytest
 
 from trackformer_jax import audio, separate
 from trackformer_jax import export as export_lib
+from trackformer_jax.inference import loading
 
 RATE_HZ = 8000
 
 
-def split_model() -> export_lib.LoadedModel:
+def split_model() -> loading.LoadedModel:
   weights = np.array([0.25, 0.75], np.float32)
-  return export_lib.LoadedModel(
+  return loading.LoadedModel(
     name="split",
     model_name="split",
     sample_rate_hz=RATE_HZ,
@@ -56,7 +57,7 @@ def test_no_track_name_sends_separate_outside_its_folder(tmp_path, monkeypatch, 
   audio.write_audio(out / "other_model" / "song" / "output_0.wav", tone, RATE_HZ)
   audio.write_audio(out / "split" / "earlier" / "output_0.wav", tone, RATE_HZ)
   before = snapshot(tmp_path)
-  monkeypatch.setattr(separate.export_lib, "load_model", lambda *a, **k: split_model())
+  monkeypatch.setattr(loading, "load_model", lambda *a, **k: split_model())
   tracks = ["../mixture.wav", "../../..wav", "../../...wav", "../../../x.wav"]
   code = separate.main([*tracks, "--model", "m", "-o", str(out), "--no-progress"])
   assert code == 0, capsys.readouterr().err
@@ -77,7 +78,7 @@ def test_separate_writing_into_the_input_folder_leaves_the_inputs_alone(tmp_path
   audio.write_audio(inputs / "a.wav", tone, RATE_HZ)
   audio.write_audio(inputs / "b.wav", tone, RATE_HZ)
   before = snapshot(inputs)
-  monkeypatch.setattr(separate.export_lib, "load_model", lambda *a, **k: split_model())
+  monkeypatch.setattr(loading, "load_model", lambda *a, **k: split_model())
   tracks = [str(inputs / "a.wav"), str(inputs / "b.wav")]
   assert separate.main([*tracks, "--model", "m", "-o", str(inputs), "--no-progress"]) == 0
   after = snapshot(inputs)

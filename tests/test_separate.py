@@ -1,6 +1,7 @@
 """separate: segment stitching, alignment, mixture consistency, formats, bad input, CLI.
 
-Most tests use a stand-in model with a known answer (an FFT band splitter, optionally
+Most tests use a stand-in model with a known answer (``helpers.band_split_model``, an FFT
+band splitter, optionally
 shuffling its outputs in every segment, as a MixIT model may), so that a stitching error
 shows as a wrong number rather than as a slightly different random output.
 """
@@ -15,61 +16,12 @@ import tracemalloc
 import numpy as np
 import pytest
 import soundfile
+from helpers import RATE_HZ, band_split_model, band_tones
 
 from trackformer_jax import audio, separate
-from trackformer_jax import export as export_lib
+from trackformer_jax.inference import loading
+from trackformer_jax.inference.model_folder import StemMap
 from trackformer_jax.separate import Separator
-
-RATE_HZ = 8000
-
-
-def band_split_model(
-  sample_rate_hz=RATE_HZ, num_outputs=8, channels=1, shuffle_seed=None, calls=None
-) -> export_lib.LoadedModel:
-  """Output i of a segment = the segment's i-th band of equal-width FFT bins.
-
-  With ``shuffle_seed`` each segment's outputs come in a fresh random order; ``calls``
-  (a list) receives each batch's permutations.
-  """
-  rng = np.random.default_rng(shuffle_seed)
-
-  def apply_fn(mix, want_masks=False):
-    spectrum = np.fft.rfft(mix, axis=-1)  # [B, C, F]
-    edges = np.linspace(0, spectrum.shape[-1], num_outputs + 1).round().astype(int)
-    bands = []
-    for lo, hi in itertools.pairwise(edges):
-      masked = np.zeros_like(spectrum)
-      masked[..., lo:hi] = spectrum[..., lo:hi]
-      bands.append(np.fft.irfft(masked, n=mix.shape[-1], axis=-1))
-    estimates = np.stack(bands, axis=1).astype(np.float32)  # [B, N, C, T]
-    if shuffle_seed is not None:
-      orders = [rng.permutation(num_outputs) for _ in range(mix.shape[0])]
-      if calls is not None:
-        calls.append(orders)
-      estimates = np.stack([e[o] for e, o in zip(estimates, orders)])
-    return estimates, None
-
-  return export_lib.LoadedModel(
-    name="bands",
-    model_name="bands",
-    sample_rate_hz=sample_rate_hz,
-    channels=channels,
-    num_outputs=num_outputs,
-    apply_fn=apply_fn,
-  )
-
-
-def band_tones(seconds, rate_hz=RATE_HZ, num_bands=8, channels=1, seed=0):
-  """``[num_bands, channels, T]``: one tone in the middle of each band of band_split_model."""
-  rng = np.random.default_rng(seed)
-  t = np.arange(round(seconds * rate_hz)) / rate_hz
-  centres = (np.arange(num_bands) + 0.5) * (rate_hz / 2) / num_bands
-  amplitudes = rng.uniform(0.03, 0.1, num_bands)
-  tones = amplitudes[:, None] * np.sin(
-    2 * np.pi * centres[:, None] * t + rng.uniform(0, 6, num_bands)[:, None]
-  )
-  gains = rng.uniform(0.5, 1.0, (num_bands, channels))
-  return (tones[:, None, :] * gains[:, :, None]).astype(np.float32)
 
 
 def si_snr(estimate, reference):
@@ -170,7 +122,7 @@ def test_stereo_model_on_mono_input():
 
 def test_stem_map_names_and_sums_outputs():
   model = band_split_model()
-  model.stem_map = export_lib.StemMap(
+  model.stem_map = StemMap(
     output_to_stem=("bass", "bass", "other", "vocals", "vocals", "other", "drums", "other")
   )
   mixture = band_tones(1.0, seed=5).sum(axis=0)
@@ -250,7 +202,7 @@ def write_bad_inputs(folder: pathlib.Path) -> dict[str, str]:
 def test_every_bad_input_gives_its_message_and_the_others_go_on(tmp_path, monkeypatch, capsys):
   expected = write_bad_inputs(tmp_path / "in")
   model = band_split_model(channels=2)
-  monkeypatch.setattr(separate.export_lib, "load_model", lambda *a, **k: model)
+  monkeypatch.setattr(loading, "load_model", lambda *a, **k: model)
   (tmp_path / "in/sub").mkdir()
   duplicate = tmp_path / "in/sub/good.wav"  # same name as in/good.wav
   duplicate.write_bytes((tmp_path / "in/good.wav").read_bytes())
@@ -318,7 +270,7 @@ def test_nan_in_array_is_reported():
 )
 def test_cli_formats_jobs_and_plots(tmp_path, monkeypatch, flags, subtype, extension):
   model = band_split_model()
-  monkeypatch.setattr(separate.export_lib, "load_model", lambda *a, **k: model)
+  monkeypatch.setattr(loading, "load_model", lambda *a, **k: model)
   tracks = []
   for i, extension_in in enumerate(("flac", "ogg")):  # inputs in two containers too
     path = tmp_path / f"song{i}.{extension_in}"

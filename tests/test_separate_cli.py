@@ -4,7 +4,7 @@ the options (--filename, -n, -d, --model/--workdir, -j), --help, the umask, a fu
 The SIGINT tests and those of the options run ``python -m trackformer_jax.separate`` (and
 the other tools, through ``run_tool``) in a subprocess on a real exported model (the tiny
 Performer of configs/test.py, randomly initialised); the format tests call ``separate.main``
-with the band-splitting stand-in model of test_separate.
+with the band-splitting stand-in model (``helpers.band_split_model``).
 """
 
 from __future__ import annotations
@@ -18,48 +18,13 @@ import subprocess
 import sys
 import time
 
-import flax
-import jax
 import numpy as np
 import pytest
 import soundfile
-from test_decode import encode
-from test_separate import band_split_model
+from helpers import RATE_HZ, REPO, START_UP_NOISE, band_split_model, encode, run_tool
 
-from trackformer_jax import audio, checkpoints, separate
-from trackformer_jax import export as export_lib
-
-REPO = pathlib.Path(__file__).resolve().parents[1]
-RATE_HZ = 8000
-
-
-@flax.struct.dataclass
-class _SavedState:
-  step: jax.Array
-  params: dict
-
-
-@pytest.fixture(scope="module")
-def exported(tmp_path_factory, tiny_config):
-  """An exported tiny model (8 kHz mono), through a two-step workdir as training leaves it."""
-  from configs import test as test_config
-
-  config = tiny_config("chorales")
-  config.model = test_config.get_config().model
-  root = tmp_path_factory.mktemp("model")
-  workdir = root / "workdir"
-  workdir.mkdir()
-  _, variables = export_lib.init_variables(config, jax.random.key(3))
-  checkpoints.write_config(workdir, config)
-  manager = checkpoints.create_manager(workdir, keep_checkpoints=2)
-  checkpoints.save(
-    manager, _SavedState(step=np.int32(1), params=variables["params"]), 1, {"score": 1.0}
-  )
-  manager.wait_until_finished()
-  manager.close()
-  out = root / "tiny"
-  export_lib.export_workdir(workdir, out)
-  return out
+from trackformer_jax import audio, separate
+from trackformer_jax.inference import loading
 
 
 def _tone(seconds: float, seed: int, rate_hz: int = RATE_HZ) -> np.ndarray:
@@ -150,7 +115,7 @@ def test_a_second_ctrl_c_leaves_at_once_without_an_abort(exported, tmp_path):
 
 def _run_cli(monkeypatch, tmp_path, tracks, *flags, model=None):
   model = model or band_split_model(channels=2)
-  monkeypatch.setattr(separate.export_lib, "load_model", lambda *a, **k: model)
+  monkeypatch.setattr(loading, "load_model", lambda *a, **k: model)
   args = [*map(str, tracks), "--model", "m", "-o", str(tmp_path / "sep"), "--segment", "0.25"]
   return separate.main([*args, "--no-progress", *flags])
 
@@ -286,21 +251,6 @@ def test_ctrl_c_while_starting_up_is_one_line_too(tmp_path):
   assert not (tmp_path / "sep").exists()
 
 
-def run_tool(*args, umask=None, cwd=REPO, timeout=300) -> subprocess.CompletedProcess:
-  """``python -m <args>`` as a user runs it (CPU only, as every test)."""
-  env = dict(os.environ, JAX_PLATFORMS="cpu")
-  module = [] if args[0].startswith("-") else ["-m"]
-  return subprocess.run(
-    [sys.executable, *module, *map(str, args)],
-    cwd=cwd,
-    env=env,
-    capture_output=True,
-    text=True,
-    timeout=timeout,
-    umask=-1 if umask is None else umask,
-  )
-
-
 @pytest.mark.parametrize("tool", ["separate", "evaluate", "export", "calibrate"])
 def test_help_imports_no_jax(tool):
   result = run_tool("-X", "importtime", "-m", f"trackformer_jax.{tool}", "--help")
@@ -308,11 +258,6 @@ def test_help_imports_no_jax(tool):
   assert "--model MODEL" in result.stdout and "--workdir" not in result.stdout
   imported = {line.split("|")[-1].strip() for line in result.stderr.splitlines()}
   assert not imported & {"jax", "flax", "orbax.checkpoint", "tensorflow"}, imported
-
-
-# What the libraries print on a start or a workdir load unless command_line.quiet_startup
-# silences them.
-START_UP_NOISE = ("WARNING:absl", "oneDNN", "absl::InitializeLog", "libtpu", "Traceback")
 
 
 @pytest.mark.slow

@@ -41,17 +41,10 @@ if TYPE_CHECKING:
   from trackformer_jax.inference.loading import LoadedModel
   from trackformer_jax.inference.model_folder import StemMap
 
-# The names tests patch (calibrate.export_lib.load_model), imported on first use: --help
-# stays fast.
-_LAZY_NAMES = {"export_lib": "trackformer_jax.export"}
 _ABSTAIN_ENERGY_SHARE = 0.01
 # An output whose stem won fewer of its votes than this is named with a warning: the map may
 # change with other songs.
 WEAK_AGREEMENT = 0.6
-
-
-def __getattr__(name: str):
-  return command_line.lazy_attribute(globals(), _LAZY_NAMES, name)
 
 
 def excerpt_starts(num_frames: int, excerpt_frames: int, count: int) -> list[int]:
@@ -199,13 +192,13 @@ def describe(stem_map: StemMap) -> tuple[list[str], list[str]]:
 
 def main(argv: Sequence[str] | None = None) -> int:
   args = command_line.parse_tool_args(get_parser, argv)
-  from trackformer_jax import export as export_lib
   from trackformer_jax.atomic_files import write_json_atomic
+  from trackformer_jax.inference import loading
 
   try:
     path = stem_map_destination(args.model, args.out)
     command_line.select_device(args.device)
-    model = export_lib.load_model(args.model, checkpoint=args.checkpoint)
+    model = loading.load_model(args.model, checkpoint=args.checkpoint)
     stem_map = calibrate(
       model,
       args.data,

@@ -69,14 +69,13 @@ _SCORING_NAMES += ("oracle_ratio_mask", "oracle_scores", "remix", "si_snr_db", "
 _SCORING_NAMES += ("stem_scores",)
 # The library names this module has always offered, imported on first use: --help stays fast.
 _LAZY_NAMES = {
-  "export_lib": "trackformer_jax.export",  # tests patch evaluate.export_lib.load_model
   "Separator": "trackformer_jax.separator:Separator",
   **{name: f"trackformer_jax.eval_reports:{name}" for name in _REPORT_NAMES},
   **{name: f"trackformer_jax.evaluation:{name}" for name in _EVALUATION_NAMES},
   **{name: f"trackformer_jax.scoring:{name}" for name in _SCORING_NAMES},
   "nanmedian": "trackformer_jax.metrics:nanmedian",
 }
-__all__ = [*(n for n in _LAZY_NAMES if n != "export_lib"), "get_parser", "main"]
+__all__ = [*_LAZY_NAMES, "get_parser", "main"]
 
 
 def __getattr__(name: str):

@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from trackformer_jax import export as export_lib
+from trackformer_jax.inference import loading
 from trackformer_jax.metrics import nanmedian
 from trackformer_jax.scoring import (
   SILENT_ESTIMATE_FLOOR_DB,
@@ -209,7 +209,7 @@ def evaluate_workdir(
   from trackformer_jax.data import sources
 
   options = options or EvalOptions()
-  model = export_lib.load_model(workdir, checkpoint=checkpoint, weights=weights)
+  model = loading.load_model(workdir, checkpoint=checkpoint, weights=weights)
   sample_rate_hz, channels = native_format(data)
   source = sources.open_source(data, sample_rate_hz=sample_rate_hz, channels=channels)
   tracks = source.split(options.split)
@@ -234,7 +234,7 @@ def evaluate_workdir(
   records = score_model(separator_for(model, label), tracks, options, snr_max_db, with_oracle=True)
   summary = aggregate(records)
   if options.control and model.config is not None:
-    control = export_lib.random_init_model(model.config)
+    control = loading.random_init_model(model.config)
     control_records = score_model(
       separator_for(control, f"{model.name} control:"), tracks, options, snr_max_db,
       with_oracle=False,

@@ -70,7 +70,6 @@ _SEPARATOR_NAMES = ("FrameReader", "SegmentCallback", "SeparationError", "Separa
 _STITCHING_NAMES = ("best_permutation", "overlap_add_weights", "share_residual")
 _LAZY_NAMES = {
   "audio": "trackformer_jax.audio",  # tests patch separate.audio.read_audio
-  "export_lib": "trackformer_jax.export",
   "stem_files": "trackformer_jax.stem_files",
   "Separator": "trackformer_jax.separator:Separator",
   "track_name": "trackformer_jax.separator:track_name",
@@ -211,19 +210,18 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _load(args):
   """(separator, output format) from the command line; ValueError for what is wrong."""
-  from trackformer_jax import export as export_lib
   from trackformer_jax import stem_files
-  from trackformer_jax.inference import model_folder
+  from trackformer_jax.inference import loading, model_folder
   from trackformer_jax.separator import Separator
 
   output_format = _output_format(args)
   stem_files.check_filename_template(args.filename)
   command_line.check_folder_name("-n/--name", args.name)
-  checkpoint = export_lib.parse_checkpoint(args.checkpoint)
+  checkpoint = command_line.parse_checkpoint(args.checkpoint)
   # A stem map file is read before the model, so a bad one costs no loading.
   stem_map = model_folder.read_stem_map_file(args.stem_map) if args.stem_map else None
   command_line.select_device(args.device)
-  model = export_lib.load_model(args.model, checkpoint=checkpoint, weights=args.weights)
+  model = loading.load_model(args.model, checkpoint=checkpoint, weights=args.weights)
   _name_stems(model, stem_map, args)
   separator = Separator(
     model,

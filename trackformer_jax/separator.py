@@ -55,12 +55,12 @@ import math
 import os
 import pathlib
 from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING
 
 import numpy as np
 import soxr
 
 from trackformer_jax import audio, bandwidth, interrupts, stem_files
-from trackformer_jax import export as export_lib
 from trackformer_jax.stem_files import track_name
 from trackformer_jax.stitching import (
   Fifo,
@@ -70,6 +70,9 @@ from trackformer_jax.stitching import (
   share_residual,
   spread_over_channels,
 )
+
+if TYPE_CHECKING:
+  from trackformer_jax.inference.loading import LoadedModel
 
 __all__ = ["FrameReader", "SegmentCallback", "SeparationError", "SeparationResult", "Separator"]
 __all__ += ["track_name"]
@@ -118,7 +121,7 @@ class Separator:
 
   def __init__(
     self,
-    model: export_lib.LoadedModel | str | os.PathLike,
+    model: LoadedModel | str | os.PathLike,
     *,
     segment_seconds: float | None = None,
     overlap: float = 0.25,
@@ -128,8 +131,11 @@ class Separator:
     checkpoint: str | int = "best",
     weights: str = "ema",
   ):
-    if not isinstance(model, export_lib.LoadedModel):
-      model = export_lib.load_model(model, checkpoint=checkpoint, weights=weights)
+    # Imported here (it imports jax), so that importing this module stays light.
+    from trackformer_jax.inference import loading
+
+    if not isinstance(model, loading.LoadedModel):
+      model = loading.load_model(model, checkpoint=checkpoint, weights=weights)
     self.model = model
     if not 0.0 < overlap < 1.0:
       raise ValueError(f"overlap must be in (0, 1), got {overlap}")

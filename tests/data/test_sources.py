@@ -6,7 +6,7 @@ import shutil
 
 import numpy as np
 import pytest
-from conftest import TINY_MUSDB_TEST, TINY_MUSDB_TRAIN
+from helpers import TINY_MUSDB_TEST, TINY_MUSDB_TRAIN
 
 from trackformer_jax import audio
 from trackformer_jax.data import sources
@@ -205,7 +205,7 @@ def test_default_chorales_is_rendered_on_first_use(tmp_path, monkeypatch):
 def test_a_musdb_layout_without_musdb_names_holds_out_a_share_of_its_training_songs(
   tmp_path, caplog
 ):
-  from conftest import synthetic_stems
+  from helpers import synthetic_stems
 
   root = tmp_path / "corpus"
   songs = [f"Someone Else - Song {i}" for i in range(10)]

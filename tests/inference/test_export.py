@@ -7,49 +7,24 @@ through ``checkpoints``), exported, and run through separate, evaluate and calib
 from __future__ import annotations
 
 import json
-import pathlib
 
 import flax
 import jax
 import numpy as np
 import pytest
 import soundfile
-from test_separate_cli import START_UP_NOISE, run_tool
+from helpers import START_UP_NOISE, calibrate_args, run_tool, write_tiny_workdir
 
 from trackformer_jax import audio, calibrate, checkpoints, evaluate, separate
 from trackformer_jax import export as export_lib
-
-REPO = pathlib.Path(__file__).resolve().parents[2]
-
-
-@flax.struct.dataclass
-class _SavedState:
-  step: jax.Array
-  params: dict
 
 
 @pytest.fixture(scope="module")
 def workdir(tmp_path_factory, tiny_config):
   """A workdir with step 10 (best score) and step 20 (latest, params halved)."""
-  from configs import test as test_config  # the tiny model sizes
-
-  config = tiny_config("chorales")
-  config.model = test_config.get_config().model
   path = tmp_path_factory.mktemp("runs") / "tiny"
-  path.mkdir()
-  _, variables = export_lib.init_variables(config, jax.random.key(3))
-  checkpoints.write_config(path, config)
-  manager = checkpoints.create_manager(path, keep_checkpoints=3)
-  for step, scale, score in ((10, 1.0, 2.0), (20, 0.5, 1.0)):
-    params = jax.tree.map(lambda x, s=scale: x * s, variables["params"])
-    checkpoints.save(
-      manager,
-      _SavedState(step=np.int32(step), params=params),
-      step,
-      {checkpoints.BEST_METRIC: score},
-    )
-  manager.wait_until_finished()
-  manager.close()
+  best = checkpoints.BEST_METRIC
+  write_tiny_workdir(path, tiny_config, [(10, 1.0, {best: 2.0}), (20, 0.5, {best: 1.0})], 3)
   return path
 
 
@@ -267,20 +242,7 @@ def test_evaluate_and_calibrate_with_the_real_model(workdir, tmp_path, tiny_musd
   )
   model_dir = tmp_path / "exported"
   export_lib.export_workdir(workdir, model_dir)
-  code = calibrate.main(
-    [
-      "--model",
-      str(model_dir),
-      "--data",
-      f"musdb:{tiny_musdb}",
-      "--tracks",
-      "2",
-      "--excerpts",
-      "1",
-      "--excerpt-seconds",
-      "1",
-    ]
-  )
+  code = calibrate.main(calibrate_args(model_dir, tiny_musdb))
   assert code == 0
   stem_map = export_lib.load_model(model_dir).stem_map
   assert len(stem_map.output_to_stem) == 8

@@ -1,7 +1,7 @@
 """A damaged or foreign model folder through ``separate``: one line naming the folder and the
 problem, before any work (no output folder is made), never a traceback.
 
-Each case damages a copy of the tiny exported model of test_separate_cli.
+Each case damages a copy of the tiny exported model (conftest's ``exported``).
 """
 
 from __future__ import annotations
@@ -14,11 +14,9 @@ import sys
 
 import numpy as np
 import pytest
-from test_separate_cli import RATE_HZ, exported  # noqa: F401  (a fixture)
+from helpers import RATE_HZ, REPO
 
 from trackformer_jax import audio, separate
-
-REPO = pathlib.Path(__file__).resolve().parents[2]
 
 
 def truncate_params(folder: pathlib.Path) -> str:

@@ -10,7 +10,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import harmonic_audio, tiny_mae_config
+from helpers import harmonic_audio, tiny_mae_config
 
 from trackformer_jax import models
 from trackformer_jax.losses import mae as mae_loss

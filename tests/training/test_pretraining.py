@@ -16,7 +16,7 @@ import flax.linen as nn
 import jax
 import numpy as np
 import pytest
-from conftest import TINY_RATE_HZ, harmonic_audio, synthetic_stems, tiny_mae_config
+from helpers import TINY_RATE_HZ, harmonic_audio, synthetic_stems, tiny_mae_config
 
 from trackformer_jax import audio as audio_lib
 from trackformer_jax import checkpoints, models, train

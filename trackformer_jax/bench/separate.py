@@ -57,12 +57,12 @@ def separate_in_this_process(song: str, out_dir: str, smoke: bool) -> dict:
 
   import psutil
 
-  from trackformer_jax import export
   from trackformer_jax.bench.experiments import load_config
-  from trackformer_jax.separate import Separator
+  from trackformer_jax.inference.loading import random_init_model
+  from trackformer_jax.separator import Separator
 
   config = load_config("test" if smoke else "quick")
-  model = export.random_init_model(config, seed=0, name="random-quick")
+  model = random_init_model(config, seed=0, name="random-quick")
   separator = Separator(model, batch_size=4)
   warmup_clip = 0.01 * np.random.default_rng(1).standard_normal((CHANNELS, 5 * SAMPLE_RATE_HZ))
   start = time.perf_counter()
