@@ -9,7 +9,7 @@ import threading
 import numpy as np
 
 from trackformer_jax import audio
-from trackformer_jax.data.tracks import STEM_NAMES, DataError, Source
+from trackformer_jax.data.tracks import STEM_NAMES, DataError, Source, TrackIdentity
 
 
 class TfdsSplit:
@@ -31,16 +31,10 @@ class TfdsSplit:
 
 
 @dataclasses.dataclass(frozen=True)
-class TfdsTrack:
-  """One prepared chunk, read like a :class:`Track` (same fields and readers)."""
+class TfdsTrack(TrackIdentity):
+  """One prepared chunk, read like a :class:`Track` (same fields and readers);
+  ``mixture_files`` is one pseudo-path naming the record, for messages."""
 
-  track_id: str
-  song_id: str
-  split: str
-  num_frames: int
-  sample_rate_hz: int
-  channels: int
-  mixture_files: tuple[str, ...]  # one pseudo-path naming the record, for messages
   records: TfdsSplit
   index: int
   has_stems: bool = True

@@ -18,14 +18,9 @@ class DataError(ValueError):
 
 
 @dataclasses.dataclass(frozen=True)
-class Track:
-  """One song (or one file) of a source, read at the source's rate and channel count.
-
-  ``mixture_files`` are summed to make the mixture (one file for MUSDB and folders, all
-  stem files for MOISESDB). ``stem_files`` holds, per stem in ``stem_names`` order (by
-  default ``STEM_NAMES``), the files summed into that stem (an empty group is a silent
-  stem), or None when unlabeled. ``num_frames`` counts frames at ``sample_rate_hz``.
-  """
+class TrackIdentity:
+  """What every kind of track has: its ids, split, length, format and the files (or
+  pseudo-paths) that messages name. ``num_frames`` counts frames at ``sample_rate_hz``."""
 
   track_id: str
   song_id: str
@@ -34,6 +29,18 @@ class Track:
   sample_rate_hz: int
   channels: int
   mixture_files: tuple[str, ...]
+
+
+@dataclasses.dataclass(frozen=True)
+class Track(TrackIdentity):
+  """One song (or one file) of a source, read at the source's rate and channel count.
+
+  ``mixture_files`` are summed to make the mixture (one file for MUSDB and folders, all
+  stem files for MOISESDB). ``stem_files`` holds, per stem in ``stem_names`` order (by
+  default ``STEM_NAMES``), the files summed into that stem (an empty group is a silent
+  stem), or None when unlabeled.
+  """
+
   stem_files: tuple[tuple[str, ...], ...] | None = None
   stem_names: tuple[str, ...] = STEM_NAMES
 
