@@ -19,6 +19,7 @@ import optax
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
+from trackformer_jax.training import tasks
 from trackformer_jax.training.config_files import segment_samples
 
 
@@ -206,6 +207,10 @@ def abstract_train_inputs(
       (config.batch_size, 2, config.channels, length), jnp.float32, sharding=batch_split
     ),
   }
+  # A task whose steps read more fields (e.g. a second, labelled source) names their shapes.
+  extra = getattr(tasks.get_task(config), "extra_batch_shapes", None)
+  for name, shape in (extra(config) if extra else {}).items():
+    batch[name] = jax.ShapeDtypeStruct(shape, jnp.float32, sharding=batch_split)
   rng = jax.ShapeDtypeStruct((2,), jnp.uint32, sharding=replicated)
   return state, batch, rng
 

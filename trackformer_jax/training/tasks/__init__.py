@@ -8,6 +8,7 @@ across hosts, checkpoints and writers). A task module defines:
   EVAL_FIELDS        the validation batch fields its eval step reads (None: all of them)
   WITH_STEMS         ``input_pipeline.train_batches``'s ``with_stems`` for its stream
   train_batches(config, start_step)              optional: its own stream (e.g. two sources)
+  extra_batch_shapes(config) -> {name: shape}    optional: its fields beyond mom and mixtures
   validate_config(config)                        raises ConfigError for its own fields
   create_model(config) -> nn.Module
   training_loss(params, model, batch, rng, config) -> (loss [], parts {name: []})

@@ -60,6 +60,19 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
     )
 
 
+def extra_batch_shapes(config: ml_collections.ConfigDict) -> dict[str, tuple[int, ...]]:
+  """The shapes of the labelled fields of a training batch (for lowering without data)."""
+  from trackformer_jax.data.tracks import STEM_NAMES
+  from trackformer_jax.training.config_files import segment_samples
+
+  rows, channels = int(config.supervised.batch_size), int(config.channels)
+  length = segment_samples(config)
+  return {
+    "labeled_mixture": (rows, channels, length),
+    "labeled_stems": (rows, len(STEM_NAMES), channels, length),
+  }
+
+
 def labeled_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   """The config of the labelled stream: ``config`` with the supervised source and batch."""
   labeled = ml_collections.ConfigDict(config.to_dict())
