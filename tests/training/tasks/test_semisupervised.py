@@ -41,6 +41,9 @@ def test_the_stream_holds_mixtures_and_labelled_songs_whose_stems_sum_to_them(
   np.testing.assert_allclose(
     batch["labeled_stems"].sum(1), batch["labeled_mixture"], rtol=1e-5, atol=1e-6
   )
+  # What the step is lowered with before any data is read.
+  for name, shape in semisupervised.extra_batch_shapes(config).items():
+    assert batch[name].shape == shape, name
   # The labelled stream is its own: resuming at step 1 gives the second batch of both.
   second = next(loop.train_batches(config, 1))
   again = loop.train_batches(config, 0)
