@@ -91,6 +91,14 @@ def test_the_semisupervised_config_is_quick_py_with_a_labelled_source():
   assert config.to_dict() == base.to_dict()
 
 
+def test_labelled_rows_must_split_over_the_devices(tiny_config, tiny_folder, monkeypatch):
+  config = semi_config(tiny_config, f"folder:{tiny_folder}", "bundled")
+  config.supervised.batch_size = 3
+  monkeypatch.setattr(jax, "device_count", lambda: 2)
+  with pytest.raises(ConfigError, match="divide over the 2 devices"):
+    semisupervised.validate_config(config)
+
+
 def test_a_labelled_source_without_stems_is_refused(tiny_config, tiny_folder):
   config = semi_config(tiny_config, f"folder:{tiny_folder}", f"folder:{tiny_folder}")
   with pytest.raises(Exception, match="has no stems"):

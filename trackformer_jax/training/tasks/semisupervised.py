@@ -54,9 +54,10 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
   batch_size = supervised.get("batch_size", 0)
   if not isinstance(batch_size, int) or batch_size < 1:
     raise ConfigError(f"config.supervised.batch_size = {batch_size!r}: must be at least 1")
-  if batch_size % jax.process_count():
+  if batch_size % jax.device_count():
     raise ConfigError(
-      f"config.supervised.batch_size = {batch_size}: must divide over {jax.process_count()} hosts"
+      f"config.supervised.batch_size = {batch_size}: must divide over the "
+      f"{jax.device_count()} devices (the labelled rows are split over them too)"
     )
 
 
