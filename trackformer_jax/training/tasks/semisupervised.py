@@ -19,6 +19,7 @@ task's, on ``config.data``'s validation split. Labels are used only from
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Iterator, Mapping
 
 import jax
@@ -88,27 +89,31 @@ def train_batches(config: ml_collections.ConfigDict, start_step: int) -> Iterato
   """Batch ``s`` of both streams: config.data's MixIT fields and one labelled song per row.
 
   ``labeled_mixture`` [B_s, C, T] is the first song of a labelled example and
-  ``labeled_stems`` [B_s, 4, C, T] its stems (which sum to it).
+  ``labeled_stems`` [B_s, 4, C, T] its stems (which sum to it). Both sources are opened, and
+  the labelled one's first batch read, here (before training starts): a labelled source
+  without stems is refused at once.
   """
   from trackformer_jax import input_pipeline
   from trackformer_jax.data import sources
 
-  labeled_source = input_pipeline.open_config_source(labeled_config(config))
-  if not labeled_source.has_stems:
-    raise sources.DataError(
-      f"config.supervised.data = {config.supervised.data}: has no stems to supervise with"
-    )
   unlabeled = input_pipeline.train_batches(config, start_step=start_step, with_stems=False)
   labeled = input_pipeline.train_batches(
     labeled_config(config), start_step=start_step, with_stems=True
   )
-  for batch, extra in zip(unlabeled, labeled):
-    yield {
+  first = next(labeled)
+  if "stems" not in first:  # train_batches gives stems wherever the source has them
+    raise sources.DataError(
+      f"config.supervised.data = {config.supervised.data}: has no stems to supervise with"
+    )
+  return (
+    {
       "mom": batch["mom"],
       "mixtures": batch["mixtures"],
       "labeled_mixture": extra["mixtures"][:, 0],
       "labeled_stems": extra["stems"][:, 0],
     }
+    for batch, extra in zip(unlabeled, itertools.chain([first], labeled))
+  )
 
 
 def stem_loss(
