@@ -98,6 +98,18 @@ def create_manager(
     return ocp.CheckpointManager(directory, item_names=_ITEMS, options=options)
 
 
+def saved_steps(workdir: str | pathlib.Path) -> list[int]:
+  """The steps checkpointed in ``workdir`` (none where it holds no checkpoints).
+
+  Read from the folder names: orbax writes a step under a temporary name and renames it to
+  the bare number once whole, and a read-only manager would only add warnings here.
+  """
+  folder = pathlib.Path(workdir) / CHECKPOINT_DIR
+  if not folder.is_dir():
+    return []
+  return sorted(int(path.name) for path in folder.iterdir() if path.name.isdigit())
+
+
 def _steps_with_unreadable_bookkeeping(directory: pathlib.Path) -> list[int]:
   """Steps whose ``_CHECKPOINT_METADATA`` or ``metrics`` file is not readable JSON."""
   damaged = []

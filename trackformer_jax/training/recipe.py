@@ -42,21 +42,9 @@ def pretraining_config(config: ml_collections.ConfigDict) -> ml_collections.Conf
   return pretraining
 
 
-def saved_steps(workdir: pathlib.Path) -> list[int]:
-  """The steps checkpointed in ``workdir`` (none where it holds no checkpoints).
-
-  Read from the folder names: orbax writes a step under a temporary name and renames it to
-  the bare number once whole, and a read-only manager would only add warnings here.
-  """
-  folder = workdir / checkpoints.CHECKPOINT_DIR
-  if not folder.is_dir():
-    return []
-  return sorted(int(path.name) for path in folder.iterdir() if path.name.isdigit())
-
-
 def finished_step(workdir: pathlib.Path) -> int | None:
   """The last step of the run in ``workdir`` if it reached its own ``num_train_steps``."""
-  steps = saved_steps(workdir)
+  steps = checkpoints.saved_steps(workdir)
   if not steps:
     return None
   try:
@@ -91,10 +79,10 @@ def train_recipe(
     logging.info(
       "%s: finished in %s (step %d); its encoder is reused", phase, pretraining_workdir, done
     )
-  elif saved_steps(workdir):
+  elif checkpoints.saved_steps(workdir):
     logging.info("%s: not needed, %s resumes from its own checkpoints", phase, workdir)
   else:
-    started = saved_steps(pretraining_workdir)
+    started = checkpoints.saved_steps(pretraining_workdir)
     logging.info(
       "%s: %s %d steps into %s",
       phase,
