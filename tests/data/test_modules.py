@@ -71,12 +71,9 @@ def tiny_mod() -> bytes:
   return head + patterns + b"".join(raw for _, raw in samples)
 
 
-@pytest.fixture(scope="module")
-def corpus(tmp_path_factory):
-  root = tmp_path_factory.mktemp("mods")
-  (root / "in").mkdir()
-  (root / "in" / "tiny.mod").write_bytes(tiny_mod())
-  folders, problems = modules.render_corpus(
+def render_tiny_corpus(root):
+  """The corpus of ``root/in`` into ``root/out``: the same arguments every time."""
+  return modules.render_corpus(
     root / "out",
     [str(root / "in")],
     seconds=4.0,
@@ -84,6 +81,14 @@ def corpus(tmp_path_factory):
     min_seconds=1.0,
     progress=False,
   )
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+  root = tmp_path_factory.mktemp("mods")
+  (root / "in").mkdir()
+  (root / "in" / "tiny.mod").write_bytes(tiny_mod())
+  folders, problems = render_tiny_corpus(root)
   return root, folders, problems
 
 
@@ -141,14 +146,7 @@ def test_second_run_skips_finished_tracks(corpus):
   root, folders, _ = corpus
   metas = [f"{f}/meta.json" for f in folders]
   before = [os.stat(m).st_mtime_ns for m in metas]
-  again, problems = modules.render_corpus(
-    root / "out",
-    [str(root / "in")],
-    seconds=4.0,
-    max_excerpts=3,
-    min_seconds=1.0,
-    progress=False,
-  )
+  again, problems = render_tiny_corpus(root)
   assert again == folders and problems == []
   assert [os.stat(m).st_mtime_ns for m in metas] == before
   with pytest.raises(modules.ModuleError, match="rendered with"):
