@@ -222,7 +222,4 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 if __name__ == "__main__":
   status = main()
-  loading = sys.modules.get("trackformer_jax.inference.loading")  # None: nothing was loaded
-  if loading is not None:
-    loading.exit_now_if_reads_abandoned(status)
   sys.exit(status)

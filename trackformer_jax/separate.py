@@ -352,7 +352,4 @@ def _outcome(future: concurrent.futures.Future, track: str) -> tuple[bool, str]:
 if __name__ == "__main__":
   status = main()
   interrupts.leave_quietly_on_signal("")  # a Ctrl-C while the interpreter shuts down
-  loading = sys.modules.get("trackformer_jax.inference.loading")  # None: nothing was loaded
-  if loading is not None:
-    loading.exit_now_if_reads_abandoned(status)
   sys.exit(status)

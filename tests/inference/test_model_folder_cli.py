@@ -7,16 +7,19 @@ Each case damages a copy of the tiny exported model (conftest's ``exported``).
 from __future__ import annotations
 
 import json
+import logging
 import pathlib
 import shutil
 import subprocess
 import sys
+import types
 
 import numpy as np
 import pytest
 from helpers import RATE_HZ, REPO
 
 from trackformer_jax import audio, separate
+from trackformer_jax.inference import loading
 
 
 def truncate_params(folder: pathlib.Path) -> str:
@@ -90,3 +93,41 @@ def test_a_damaged_model_folder_through_the_command(exported, tmp_path, damage):
   assert "Traceback" not in result.stderr and "Error:" not in result.stderr, result.stderr
   assert result.stderr.strip().splitlines()[-1].startswith(f"separate: {expected}")
   assert not (tmp_path / "out").exists()
+
+
+def test_a_failed_restore_silences_the_reads_it_left_and_nothing_else(
+  exported,  # noqa: F811
+  tmp_path,
+  monkeypatch,
+):
+  # The reads orbax leaves running report from other threads and at shutdown; each names the
+  # folder, but for the closed event loop. What reaches the hook it replaced is the rest.
+  reported = []
+  monkeypatch.setattr(sys, "unraisablehook", reported.append)
+  asyncio_log = logging.getLogger("asyncio")
+  monkeypatch.setattr(asyncio_log, "filters", [])  # put back afterwards
+  folder, _, _ = damaged_copy(exported, tmp_path, truncate_params)
+  with pytest.raises(loading.ModelLoadError):
+    loading.load_model(folder)
+  params = str((folder / "params").resolve())
+  errors = [
+    RuntimeError("Event loop is closed"),
+    ValueError(f'OUT_OF_RANGE: Error reading "x" at local file "{params}/"'),
+    ValueError("a failure of something else"),
+  ]
+  for error in errors:
+    sys.unraisablehook(types.SimpleNamespace(exc_value=error, object=None))
+  # (Reads of the earlier tests' damaged folders may report here too, when collected.)
+  assert [report.exc_value for report in reported if report.exc_value in errors] == errors[2:]
+  record = logging.LogRecord(
+    "asyncio", logging.ERROR, "", 0, f"never retrieved: {params}", (), None
+  )
+  other = logging.LogRecord("asyncio", logging.ERROR, "", 0, "never retrieved: other", (), None)
+  assert not asyncio_log.filter(record) and asyncio_log.filter(other)
+
+
+def test_a_restore_that_succeeds_leaves_the_hooks_as_they_were(exported, monkeypatch):  # noqa: F811
+  monkeypatch.setattr(sys, "unraisablehook", hook := lambda report: None)
+  filters = list(logging.getLogger("asyncio").filters)  # earlier failed loads keep theirs
+  loading.load_model(exported)
+  assert sys.unraisablehook is hook and logging.getLogger("asyncio").filters == filters

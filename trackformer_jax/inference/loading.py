@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import os
 import pathlib
 import sys
@@ -294,31 +295,49 @@ def _restore_exported_variables(path: pathlib.Path, target):
       f"{params_dir}: incomplete parameters checkpoint (no {', '.join(missing)}); export "
       "the model again"
     )
+  # Installed before the restore: the orphaned reads may report at any moment after the
+  # first failed one, even while the one-line message is being printed.
+  silence = _OrphanedReadReports(params_dir)
   try:
     with ocp.StandardCheckpointer() as checkpointer:
-      if target is not None:
-        return checkpointer.restore(params_dir, target)
-      return checkpointer.restore(params_dir)
+      variables = checkpointer.restore(params_dir, *([] if target is None else [target]))
   except Exception as e:  # noqa: BLE001  orbax and tensorstore raise bare Exception
-    _ABANDONED_READS.append(str(params_dir))
     raise ModelLoadError(
       f"{params_dir}: the parameters are damaged or do not fit the config ({_short(e)})"
     ) from e
+  silence.remove()  # every read finished: nothing is left to report
+  return variables
 
 
-# Folders whose restore failed part-way: orbax closes its event loop at the first failed read
-# while the reads of other arrays are still running, and at interpreter shutdown those print
-# tracebacks (``Event loop is closed``) after the one-line message.
-_ABANDONED_READS: list[str] = []
+class _OrphanedReadReports(logging.Filter):
+  """Drops what the reads of ``folder`` report after a failed restore, until ``remove``.
 
+  orbax closes its event loop at the first failed read while the reads of other arrays are
+  still running. Those then report, from other threads and at shutdown, to
+  ``sys.unraisablehook`` (the closed loop; a read's failure when its coroutine is collected)
+  and to the ``asyncio`` logger (a failure nobody retrieved): tracebacks beside the one-line
+  message. Each names the folder, but for the closed loop; any other report goes through.
+  """
 
-def exit_now_if_reads_abandoned(status: int) -> None:
-  """For a command's very end: leaves with ``status`` at once (``os._exit``, streams flushed)
-  when a failed restore left reads running, so its one-line message stays the last line."""
-  if _ABANDONED_READS:
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(status)
+  def __init__(self, folder: pathlib.Path):
+    super().__init__()
+    self.folder = str(folder)
+    self.previous_hook = sys.unraisablehook
+    sys.unraisablehook = self.unraisable
+    logging.getLogger("asyncio").addFilter(self)
+
+  def remove(self) -> None:
+    sys.unraisablehook = self.previous_hook
+    logging.getLogger("asyncio").removeFilter(self)
+
+  def unraisable(self, report) -> None:
+    error = report.exc_value
+    closed_loop = isinstance(error, RuntimeError) and str(error) == "Event loop is closed"
+    if not (closed_loop or self.folder in str(error)):
+      self.previous_hook(report)
+
+  def filter(self, record: logging.LogRecord) -> bool:
+    return self.folder not in record.getMessage()
 
 
 def _load_exported_function(path, metadata, variables, config, name, stem_map) -> LoadedModel:
