@@ -10,11 +10,14 @@ command -v fluidsynth >/dev/null 2>&1 || need_apt+=(fluidsynth)
 # General MIDI SoundFonts. The bundled corpus draws each stem from three (FluidR3,
 # MuseScore General Lite, sf_GMbank: trackformer_jax.data.render.DEFAULT_SOUNDFONTS); the
 # quickstart's held-out songs are rendered with a fourth, TimGM6mb, so its evaluation hears
-# instruments training never heard.
+# instruments training never heard. Two multisampled acoustic drum kits (avldrums): the
+# bundled songs play half their acoustic drum parts on Black Pearl; Red Zeppelin is heard
+# only in a held-out set.
 [ -f /usr/share/sounds/sf2/FluidR3_GM.sf2 ] || need_apt+=(fluid-soundfont-gm)
 [ -f /usr/share/sounds/sf3/MuseScore_General_Lite.sf3 ] || need_apt+=(musescore-general-soundfont-small)
 [ -f /usr/share/sounds/sf2/sf_GMbank.sf2 ] || need_apt+=(csound-soundfont)
 [ -f /usr/share/sounds/sf2/TimGM6mb.sf2 ] || need_apt+=(timgm6mb-soundfont)
+[ -f /usr/share/sounds/sf2/Black_Pearl_4_LV2.sf2 ] || need_apt+=(avldrums.lv2-soundfont)
 python3 -c 'import ctypes.util, sys; sys.exit(0 if ctypes.util.find_library("sndfile") else 1)' \
   || need_apt+=(libsndfile1)
 # Tracker modules, rendered instrument by instrument (trackformer_jax.data.modules): libopenmpt

@@ -84,6 +84,43 @@ def stems_names():
   return multitrack.STEM_NAMES
 
 
+KIT = songs.DEFAULT_DRUM_KITS[0]
+
+
+@pytest.mark.slow
+def test_drum_kits_play_only_acoustic_drum_parts(tmp_path):
+  out = tmp_path / "songs"
+  folders = songs.render_songs(
+    out, tracks=6, seconds=2.0, seed=0, soundfont=FLUID, drum_kits=[KIT], progress=False
+  )
+  played_on_kit = []
+  for folder in folders:
+    meta = json.loads((tmp_path / folder / "meta.json").read_text())
+    for stem, parts in meta["parts"].items():
+      on_kit = [p for p in parts if p.get("soundfont") == "Black_Pearl_4_LV2.sf2"]
+      assert stem == "drums" or not on_kit, (folder, stem)
+      if on_kit:
+        played_on_kit.append(folder)
+        assert np.abs(audio.read_audio(f"{folder}/drums.wav")).max() > 0.01  # the kit sounds
+        assert meta["style"] != "electronic"  # drum machines stay on the General MIDI fonts
+    stems = np.stack([audio.read_audio(f"{folder}/{s}.wav") for s in multitrack.STEM_NAMES])
+    np.testing.assert_array_equal(stems.sum(0), audio.read_audio(f"{folder}/mixture.wav"))
+  assert 0 < len(played_on_kit) < len(folders)  # half the acoustic drum parts, drawn
+  settings = json.loads((out / "render.json").read_text())
+  assert settings["soundfonts"] == ["FluidR3_GM.sf2", "Black_Pearl_4_LV2.sf2"]
+  with pytest.raises(ValueError, match="rendered with"):  # the same folder without the kit
+    songs.render_songs(out, tracks=6, seconds=2.0, seed=0, soundfont=FLUID, progress=False)
+
+
+def test_a_missing_drum_kit_is_named_with_its_package(tmp_path, capsys):
+  missing = tmp_path / "Black_Pearl_4_LV2.sf2"
+  status = songs.main(["--out", str(tmp_path / "out"), "--drum-kit", str(missing)])
+  assert status == 1
+  assert capsys.readouterr().err.strip() == (
+    f"error: {missing}: SoundFont not found (Debian package avldrums.lv2-soundfont)"
+  )
+
+
 def test_missing_soundfont_is_named(tmp_path):
   with pytest.raises(FileNotFoundError, match="nowhere.sf2"):
     songs.render_songs(tmp_path, tracks=1, soundfont="/nowhere.sf2", progress=False)

@@ -3,7 +3,8 @@
 ``data/bundled/`` holds one MUSDB18-HQ-layout corpus per kind of music, each built offline
 from Debian packages by its own renderer:
 
-* ``songs/``: arranged songs in thirteen styles with production (``data.songs``);
+* ``songs/``: arranged songs in thirteen styles with production (``data.songs``), half their
+  acoustic drum parts on a multisampled kit (``songs.DEFAULT_DRUM_KITS``);
 * ``chorales/``: four-part chorales and other polyphony from music21 (``data.render``);
 * ``modules/`` (with ``--modules``; not in the quickstart's, whose half hour it would
   overrun): the training split of the tracker modules that Debian's game packages ship,
@@ -66,7 +67,15 @@ def build(
   root = Path(root)
   counts = {}
   if num_songs:
-    folders = songs.render_songs(root / "songs", num_songs, seconds, seed, jobs, progress=progress)
+    folders = songs.render_songs(
+      root / "songs",
+      num_songs,
+      seconds,
+      seed,
+      jobs,
+      progress=progress,
+      drum_kits=songs.DEFAULT_DRUM_KITS,
+    )
     counts["songs"] = len(folders)
   if num_chorales:
     folders = render.render_corpus(

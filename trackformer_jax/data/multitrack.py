@@ -30,6 +30,8 @@ SOUNDFONT_PACKAGES = {
   "MuseScore_General_Lite.sf3": "musescore-general-soundfont-small",
   "sf_GMbank.sf2": "csound-soundfont",
   "TimGM6mb.sf2": "timgm6mb-soundfont",
+  "Black_Pearl_4_LV2.sf2": "avldrums.lv2-soundfont",
+  "Red_Zeppelin_4_LV2.sf2": "avldrums.lv2-soundfont",
 }
 
 
@@ -136,12 +138,20 @@ def render_all(work, tracks: int, out_dir, *, jobs: int, progress: bool) -> list
 
 
 def corpus_main(
-  argv, *, prog: str, description: str, render, tracks: int, seconds: float, fonts
+  argv,
+  *,
+  prog: str,
+  description: str,
+  render,
+  tracks: int,
+  seconds: float,
+  fonts,
+  drum_kits: bool = False,
 ) -> int:
   """The command line of a FluidSynth corpus renderer: parses ``argv``, calls
   ``render(out, tracks, seconds, seed, jobs, soundfonts, only_split=)`` (``fonts``: the
-  default SoundFonts), prints one line (an error, or what was rendered) and returns the exit
-  status."""
+  default SoundFonts; with ``drum_kits``, a ``--drum-kit`` option and ``drum_kits=``, none by
+  default), prints one line (an error, or what was rendered) and returns the exit status."""
   parser = argparse.ArgumentParser(prog=prog, description=description)
   parser.add_argument("--out", required=True, help="output folder")
   parser.add_argument("--tracks", type=int, default=tracks, help=f"how many (default {tracks})")
@@ -161,7 +171,16 @@ def corpus_main(
     choices=("train", "test"),
     help="render only the tracks whose song falls in this split (e.g. a held-out test set)",
   )
+  if drum_kits:
+    parser.add_argument(
+      "--drum-kit",
+      action="append",
+      default=[],
+      help="a SoundFont of one acoustic drum kit (e.g. avldrums.lv2-soundfont's); repeat it to "
+      "draw from several; half the acoustic drum parts are played on one",
+    )
   args = parser.parse_args(argv)
+  extra = {"drum_kits": tuple(args.drum_kit)} if drum_kits else {}
   try:
     folders = render(
       args.out,
@@ -171,6 +190,7 @@ def corpus_main(
       args.jobs,
       args.soundfont or fonts,
       only_split=args.only_split,
+      **extra,
     )
   except (RuntimeError, FileNotFoundError, ValueError) as e:
     print(f"error: {e}", file=sys.stderr)
