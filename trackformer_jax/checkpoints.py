@@ -20,7 +20,9 @@ middle of a save leaves no half-written step behind that a restart could pick up
 from __future__ import annotations
 
 import json
+import logging as python_logging  # absl's logging is `logging` here
 import pathlib
+import sys
 import time
 from collections.abc import Callable
 from typing import Any
@@ -187,6 +189,7 @@ def restore_latest(
   unreadable = []
   for step in steps:
     path = pathlib.Path(manager.directory) / str(step)
+    silence = OrphanedReadReports(path)  # a failed step's reads report after the fallback
     try:
       restored = manager.restore(
         step,
@@ -199,6 +202,7 @@ def restore_latest(
       logging.warning("checkpoint %s is unreadable (%s); trying an older one", path, reason)
       unreadable.append(step)
       continue
+    silence.remove()
     # Moved only once an older step has restored: when none does, the cause is more likely
     # the config (shapes changed) than the files, and nothing should be touched.
     for bad_step in unreadable:
@@ -329,3 +333,37 @@ def load_weights(
   logging.info("loaded %s of %s step %d", item, workdir, step)
   source = {"step": int(step), "weights": "ema" if item == "ema_params" else "raw"}
   return config, restored[item], source
+
+
+class OrphanedReadReports(python_logging.Filter):
+  """Drops what the reads of ``folder`` report after a failed restore, until ``remove``.
+
+  Installed before a restore that may fail (a damaged checkpoint or model folder) and removed
+  once it succeeds.
+
+  orbax closes its event loop at the first failed read while the reads of other arrays are
+  still running. Those then report, from other threads and at shutdown, to
+  ``sys.unraisablehook`` (the closed loop; a read's failure when its coroutine is collected)
+  and to the ``asyncio`` logger (a failure nobody retrieved): tracebacks beside the one-line
+  message. Each names the folder, but for the closed loop; any other report goes through.
+  """
+
+  def __init__(self, folder: pathlib.Path):
+    super().__init__()
+    self.folder = str(folder)
+    self.previous_hook = sys.unraisablehook
+    sys.unraisablehook = self.unraisable
+    python_logging.getLogger("asyncio").addFilter(self)
+
+  def remove(self) -> None:
+    sys.unraisablehook = self.previous_hook
+    python_logging.getLogger("asyncio").removeFilter(self)
+
+  def unraisable(self, report) -> None:
+    error = report.exc_value
+    closed_loop = isinstance(error, RuntimeError) and str(error) == "Event loop is closed"
+    if not (closed_loop or self.folder in str(error)):
+      self.previous_hook(report)
+
+  def filter(self, record: python_logging.LogRecord) -> bool:
+    return self.folder not in record.getMessage()

@@ -10,10 +10,8 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import logging
 import os
 import pathlib
-import sys
 from collections.abc import Callable
 from typing import Any
 
@@ -297,7 +295,9 @@ def _restore_exported_variables(path: pathlib.Path, target):
     )
   # Installed before the restore: the orphaned reads may report at any moment after the
   # first failed one, even while the one-line message is being printed.
-  silence = _OrphanedReadReports(params_dir)
+  from trackformer_jax import checkpoints
+
+  silence = checkpoints.OrphanedReadReports(params_dir)
   try:
     with ocp.StandardCheckpointer() as checkpointer:
       variables = checkpointer.restore(params_dir, *([] if target is None else [target]))
@@ -307,37 +307,6 @@ def _restore_exported_variables(path: pathlib.Path, target):
     ) from e
   silence.remove()  # every read finished: nothing is left to report
   return variables
-
-
-class _OrphanedReadReports(logging.Filter):
-  """Drops what the reads of ``folder`` report after a failed restore, until ``remove``.
-
-  orbax closes its event loop at the first failed read while the reads of other arrays are
-  still running. Those then report, from other threads and at shutdown, to
-  ``sys.unraisablehook`` (the closed loop; a read's failure when its coroutine is collected)
-  and to the ``asyncio`` logger (a failure nobody retrieved): tracebacks beside the one-line
-  message. Each names the folder, but for the closed loop; any other report goes through.
-  """
-
-  def __init__(self, folder: pathlib.Path):
-    super().__init__()
-    self.folder = str(folder)
-    self.previous_hook = sys.unraisablehook
-    sys.unraisablehook = self.unraisable
-    logging.getLogger("asyncio").addFilter(self)
-
-  def remove(self) -> None:
-    sys.unraisablehook = self.previous_hook
-    logging.getLogger("asyncio").removeFilter(self)
-
-  def unraisable(self, report) -> None:
-    error = report.exc_value
-    closed_loop = isinstance(error, RuntimeError) and str(error) == "Event loop is closed"
-    if not (closed_loop or self.folder in str(error)):
-      self.previous_hook(report)
-
-  def filter(self, record: logging.LogRecord) -> bool:
-    return self.folder not in record.getMessage()
 
 
 def _load_exported_function(path, metadata, variables, config, name, stem_map) -> LoadedModel:
