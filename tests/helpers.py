@@ -19,6 +19,7 @@ import os
 import pathlib
 import subprocess
 import sys
+import types
 from collections.abc import Sequence
 
 import av
@@ -238,3 +239,17 @@ def calibrate_args(model, musdb_root, *extra) -> list[str]:
   1-second excerpt each."""
   data = ["--data", f"musdb:{musdb_root}", "--tracks", "2", "--excerpts", "1"]
   return ["--model", str(model), *data, "--excerpt-seconds", "1", *extra]
+
+
+def send_orphaned_read_reports(folder) -> list[BaseException]:
+  """Sends ``sys.unraisablehook`` what the reads orbax leaves behind report (the closed event
+  loop; a failed read naming ``folder``) and one report of something else; returns the three
+  errors, in that order."""
+  errors = [
+    RuntimeError("Event loop is closed"),
+    ValueError(f'OUT_OF_RANGE: Error reading "x" at local file "{folder}/"'),
+    ValueError("a failure of something else"),
+  ]
+  for error in errors:
+    sys.unraisablehook(types.SimpleNamespace(exc_value=error, object=None))
+  return errors
