@@ -97,12 +97,11 @@ def render_song(
       described[stem] = []
       for j, part in enumerate(parts):
         font = general_midi[int(rng.integers(len(general_midi)))]
-        # Drawn only when there are kits, so that a render without them stays as it was.
-        on_kit = bool(drum_kits) and part.is_drum and part.program not in _MACHINE_KITS
-        if on_kit and rng.random() < 0.5:
+        acoustic_drums = bool(drum_kits) and part.is_drum and part.program not in _MACHINE_KITS
+        # Drawn only for those parts, so that a render without kits stays as it was.
+        on_kit = acoustic_drums and rng.random() < 0.5
+        if on_kit:
           font = drum_kits[int(rng.integers(len(drum_kits)))]
-        else:
-          on_kit = False
         signal = multitrack.synthesise(
           pretty_midi,
           [_instrument(pretty_midi, part, rng, on_kit)],
@@ -157,7 +156,7 @@ def render_songs(
   drawn per part; ``drum_kits``: kit SoundFonts, one drawn for half the acoustic drum parts
   (a corpus records both lists, and refuses to grow with others)."""
   fonts = multitrack.check_soundfonts(soundfont)
-  kits = multitrack.check_soundfonts(drum_kits) if drum_kits else ()
+  kits = tuple(str(kit) for kit in drum_kits)  # checked with the fonts by render_prepared
   return render.render_prepared(
     render_song,
     out_dir,
