@@ -115,6 +115,9 @@ class FakeTrack:
   def read_stems(self, start, frames):
     return np.stack([self.read_mixture(start, frames) / 4] * 4)
 
+  def read_stem(self, index, start, frames):
+    return self.read_stems(start, frames)[index]
+
 
 def _maker(tracks, **kw):
   defaults = dict(
@@ -181,6 +184,44 @@ def test_augmentations_keep_sums_and_change_signal(tiny_config, tiny_musdb):
     np.testing.assert_allclose(batch["stems"].sum(2), batch["mixtures"], atol=1e-6)
     np.testing.assert_array_equal(batch["mom"], batch["mixtures"].sum(1))
   assert not np.allclose(augmented[0]["mixtures"], plain["mixtures"])
+
+
+def test_remixed_mixtures_take_each_part_from_a_loud_crop_of_some_song(caplog):
+  # Track 1 is silent and track 2 broken: neither may give a part; the rest are songs 0, 3, 4.
+  tracks = [FakeTrack(0), FakeTrack(1, silent_before=10**9), FakeTrack(2, broken=True)]
+  tracks += [FakeTrack(3), FakeTrack(4)]
+  maker = _maker(tracks, with_stems=True, augment=input_pipeline.Augment(remix_stems=True))
+  mixed_songs = 0
+  for i in range(40):
+    example = maker(i)
+    stems = example["stems"]  # [2, 4, 1, T]
+    np.testing.assert_allclose(stems.sum(1), example["mixtures"], atol=1e-7)
+    songs = np.round(stems[:, :, 0, 0] * 4 / 0.1 - 1).astype(int)  # each part's song
+    assert set(songs.ravel()) <= {0, 3, 4}, (i, songs)
+    assert songs[0, 0] != songs[1, 0]  # the two vocals (the slots' own songs) differ
+    mixed_songs += sum(len(set(row)) > 1 for row in songs)
+  assert mixed_songs > 40  # most remixed mixtures hold parts of several songs
+
+
+def test_a_remix_reads_one_stem_per_track_beside_its_mixture(tiny_config, tiny_musdb, monkeypatch):
+  config = tiny_config(f"musdb:{tiny_musdb}")
+  tracks = input_pipeline.open_config_source(config).split("train")
+  maker = _maker(
+    tracks,
+    segment_frames=4000,
+    with_stems=True,
+    remix_only=True,
+    augment=input_pipeline.Augment(remix_stems=True),
+  )
+  read = []
+  real = audio.read_audio
+  monkeypatch.setattr(audio, "read_audio", lambda path, **kw: read.append(path) or real(path, **kw))
+  example = maker(0)
+  assert set(example) == {"mom", "mixtures"}
+  names = [str(p).rsplit("/", 1)[1] for p in read]
+  # Each crop: the mixture (for the loudness check), then one stem, the slot's vocals first.
+  assert names[0::2] == ["mixture.wav"] * (len(names) // 2), names
+  assert names[1::2][:4] == ["vocals.wav", "bass.wav", "drums.wav", "other.wav"], names
 
 
 def test_gain_polarity_swap_are_applied():

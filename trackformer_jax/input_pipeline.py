@@ -111,15 +111,27 @@ class ExampleMaker:
     epoch, offset = divmod(int(position), len(self.tracks))
     return int(_epoch_order(self.seed, self.host, epoch, len(self.tracks))[offset])
 
-  def _crop(self, track: sources.Track, rng: np.random.Generator) -> np.ndarray:
-    """A random crop -> ``[4, C, T]`` stems, or ``[1, C, T]`` mixture when unlabeled."""
+  def _crop(self, track: sources.Track, rng: np.random.Generator, stem: int | None) -> np.ndarray:
+    """A random crop -> ``[4, C, T]`` stems, or ``[1, C, T]`` mixture when unlabeled, or with
+    ``stem`` the pair ``[2, C, T]`` of the mixture and that one stem (what a remix takes)."""
     start = int(rng.integers(0, max(track.num_frames - self.segment_frames, 0) + 1))
+    frames = self.segment_frames
+    if stem is not None:
+      # Two reads (the mixture for the loudness check, the stem) instead of four, where the
+      # mixture is one file: a remixed mixture reads four tracks, so reads set its speed.
+      if len(track.mixture_files) == 1:
+        return np.stack([track.read_mixture(start, frames), track.read_stem(stem, start, frames)])
+      stems = track.read_stems(start, frames)
+      return np.stack([stems.sum(0), stems[stem]])
     if self.with_stems:
-      return track.read_stems(start, self.segment_frames)
-    return track.read_mixture(start, self.segment_frames)[None]
+      return track.read_stems(start, frames)
+    return track.read_mixture(start, frames)[None]
 
-  def _loud_crop(self, index: int, slot: int, first: int, avoid_song: str | None):
-    """A crop above the silence threshold from track ``first`` (or a redrawn one)."""
+  def _loud_crop(
+    self, index: int, slot: int, first: int, avoid_song: str | None, stem: int | None = None
+  ):
+    """A crop (see ``_crop``) whose mixture is above the silence threshold, from track
+    ``first`` (or a redrawn one)."""
     track_index = first
     tried = {first}
     crop = None
@@ -130,18 +142,30 @@ class ExampleMaker:
         tried.add(track_index)
       track = self.tracks[track_index]
       try:
-        crop = self._crop(track, rng)
+        crop = self._crop(track, rng, stem)
       except audio.AudioError as e:
         # A file that broke after the source was opened: warn, and draw another track.
         _warn_once(track.track_id, str(e))
         track_index = self._other_track(rng, avoid_song, tried)
         tried.add(track_index)
         continue
-      if rms_db(crop.sum(0)) >= self.silence_threshold_db:
+      if rms_db(crop[0] if stem is not None else crop.sum(0)) >= self.silence_threshold_db:
         break
     if crop is None:
       raise audio.AudioError(self.tracks[first].mixture_files[0], "no readable crop")
     return track_index, crop
+
+  def _remixed_crop(self, index: int, slot: int, first: int, avoid_song: str | None):
+    """Stems ``[K, C, T]``: the vocals of track ``first`` (or a redrawn one) and bass, drums
+    and other each from another random track: new combinations of real parts, as a remixed
+    song would be."""
+    track_index, pair = self._loud_crop(index, slot, first, avoid_song, stem=0)
+    parts = [pair[1]]
+    rng = np.random.default_rng((self.seed, self.host, 4, index, slot))
+    for k in range(1, len(sources.STEM_NAMES)):
+      donor = self._other_track(rng, None)
+      parts.append(self._loud_crop(index, 10 * (slot + 1) + k, donor, None, stem=k)[1][1])
+    return track_index, np.stack(parts)
 
   def _other_track(self, rng: np.random.Generator, avoid_song: str | None, tried=()) -> int:
     """A random track of another song, preferring ones not tried yet."""
@@ -172,14 +196,10 @@ class ExampleMaker:
         # Two crops of one song would make MixIT's task ill-posed: take another song.
         rng = np.random.default_rng((self.seed, self.host, 3, index))
         track_index = self._other_track(rng, first_song)
-      track_index, crop = self._loud_crop(index, slot, track_index, first_song)
       if self.augment.remix_stems and self.with_stems:
-        # Stems 1..3 (bass, drums, other) from other random tracks: new combinations of
-        # real parts, as a remixed song would be.
-        rng = np.random.default_rng((self.seed, self.host, 4, index, slot))
-        for k in range(1, len(sources.STEM_NAMES)):
-          _, donor = self._loud_crop(index, 10 * (slot + 1) + k, self._other_track(rng, None), None)
-          crop[k] = donor[k]
+        track_index, crop = self._remixed_crop(index, slot, track_index, first_song)
+      else:
+        track_index, crop = self._loud_crop(index, slot, track_index, first_song)
       first_song = self.tracks[track_index].song_id
       rng = np.random.default_rng((self.seed, self.host, 5, index, slot))
       parts.append(self._augment(crop, rng))

@@ -56,6 +56,10 @@ class TfdsTrack(TrackIdentity):
     frames = self.num_frames - start if frames is None else frames
     return self._read(("mixture",), start, frames)[0]
 
+  def read_stem(self, index: int, start: int = 0, frames: int | None = None) -> np.ndarray:
+    frames = self.num_frames - start if frames is None else frames
+    return self._read((STEM_NAMES[index],), start, frames)[0]
+
   def read_stems(self, start: int = 0, frames: int | None = None) -> np.ndarray:
     frames = self.num_frames - start if frames is None else frames
     return self._read(STEM_NAMES, start, frames)

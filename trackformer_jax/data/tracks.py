@@ -78,6 +78,11 @@ class Track(TrackIdentity):
     frames = self.num_frames - start if frames is None else frames
     return self._read_sum(self.mixture_files, start, frames)
 
+  def read_stem(self, index: int, start: int = 0, frames: int | None = None) -> np.ndarray:
+    """Stem ``index`` of ``stem_names`` -> ``float32 [channels, frames]`` (needs stems)."""
+    frames = self.num_frames - start if frames is None else frames
+    return self._read_sum(self.stem_files[index], start, frames)
+
   def read_stems(self, start: int = 0, frames: int | None = None) -> np.ndarray | None:
     """The stems -> ``float32 [K, channels, frames]`` in ``stem_names`` order, or None."""
     if self.stem_files is None:
