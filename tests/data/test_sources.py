@@ -48,6 +48,7 @@ def test_moisesdb_maps_eleven_kinds_to_four(tiny_moisesdb):
   names = [[f.split("/")[-2] for f in group] for group in track.stem_files]
   assert names == [["vocals"], ["bass"], ["drums"], ["guitar", "percussion", "piano"]]
   stems = track.read_stems(0, 2000)
+  np.testing.assert_array_equal(track.read_stem(3, 0, 2000), stems[3])  # a group's sum, alone
   # MOISESDB has no mixture file: the mixture is the sum of every stem file.
   np.testing.assert_allclose(track.read_mixture(0, 2000), stems.sum(0), atol=1e-6)
   # The song without drums has a silent drums stem, and is left out by moisesdb4.

@@ -93,6 +93,7 @@ def test_prepared_dataset_is_a_data_source(tiny_musdb, prepared_musdb, tiny_conf
       track_id, start = chunk.track_id.split("@")
       expected = tracks[track_id].read_stems(int(start) + 100, 1000)
       np.testing.assert_allclose(chunk.read_stems(100, 1000), expected, atol=1 / 32768)
+      np.testing.assert_array_equal(chunk.read_stem(2, 100, 1000), chunk.read_stems(100, 1000)[2])
   (batch,) = [next(input_pipeline.train_batches(tiny_config(f"tfds:{directory}")))]
   assert batch["stems"].shape == (2, 2, 4, 1, 4000)
   np.testing.assert_array_equal(batch["mom"], batch["mixtures"].sum(1))
