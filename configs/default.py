@@ -59,6 +59,9 @@ def get_config() -> ml_collections.ConfigDict:
   config.segment_seconds = 3.0
   config.silence_threshold_db = -50.0  # crops quieter than this (RMS, dBFS) are redrawn
   config.strict_data = False  # True: a bad track is an error before training starts
+  # True: training reads copies of the files resampled once to sample_rate_hz, not each crop
+  # resampled as it is read (data/resampled.py).
+  config.resampled_copies = False
   config.augment = ml_collections.ConfigDict(
     dict(gain_db=(-6.0, 3.0), channel_swap=True, polarity=True, remix_stems=False)
   )

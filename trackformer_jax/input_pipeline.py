@@ -38,7 +38,7 @@ import numpy as np
 import tensorflow as tf
 
 from trackformer_jax import audio
-from trackformer_jax.data import sources
+from trackformer_jax.data import resampled, sources
 from trackformer_jax.training.config_files import segment_samples
 
 log = logging.getLogger(__name__)
@@ -285,6 +285,10 @@ def train_batches(
   output_stems = source.has_stems if with_stems is None else with_stems and source.has_stems
   # Remixing needs the stems even when the batches do not carry them.
   read_stems = output_stems or (augment.remix_stems and source.has_stems)
+  if config.get("resampled_copies", False):
+    tracks = resampled.tracks_at_rate(tracks, with_stems=read_stems)
+    if not tracks:
+      raise sources.DataError(f"{config.data}: no train track could be read whole")
   maker = ExampleMaker(
     tracks=tuple(tracks),
     segment_frames=segment_samples(config),
