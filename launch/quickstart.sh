@@ -27,7 +27,7 @@ echo "   tracker modules; rendered once"
 .venv/bin/python -m trackformer_jax.data.modules --out data/heldout_modules --only-split test \
   --max-excerpts 1
 
-echo "== 3/6 training configs/quick.py into $WORKDIR (about 15 minutes on 2 CPU cores)"
+echo "== 3/6 training configs/quick.py into $WORKDIR (about 17 minutes on 2 CPU cores)"
 .venv/bin/python -m trackformer_jax.main --config=configs/quick.py --workdir="$WORKDIR" "$@"
 
 echo
@@ -82,7 +82,8 @@ cat <<EOF
 
 == done in $((elapsed / 60)) min $((elapsed % 60)) s. Where everything went:
   data/bundled/                the bundled corpus: songs/ and chorales/ (MUSDB18-HQ layout)
-  ~/.cache/trackformer_jax/    MuseScore General Lite decompressed for FluidSynth (216 MB)
+  ~/.cache/trackformer_jax/    MuseScore General Lite decompressed for FluidSynth (216 MB),
+                               and resampled/: the training songs at 16 kHz (1.2 GB)
   data/heldout_songs/test/     held-out arranged songs, another SoundFont (evaluation only)
   data/heldout/test/           held-out chorales, another SoundFont (evaluation only)
   data/heldout_modules/test/   held-out tracker modules, stems by instrument (evaluation only)
