@@ -14,12 +14,11 @@ up to that, not bit for bit. Files already at the model's rate are read as they 
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import logging
-import os
 from pathlib import Path
 
 from trackformer_jax import audio
+from trackformer_jax.data import soundfont
 from trackformer_jax.data.tracks import Track
 
 log = logging.getLogger(__name__)
@@ -27,15 +26,12 @@ log = logging.getLogger(__name__)
 
 def cache_dir() -> Path:
   """Where the copies are kept."""
-  root = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-  return Path(root) / "trackformer_jax" / "resampled"
+  return soundfont.cache_root() / "resampled"
 
 
 def copy_path(path: str, sample_rate_hz: int, channels: int) -> Path:
   """Where the copy of ``path`` at this rate and channel count lives (made or not)."""
-  stat = os.stat(path)
-  key = f"{os.path.realpath(path)}:{stat.st_size}:{stat.st_mtime_ns}:{sample_rate_hz}:{channels}"
-  digest = hashlib.sha1(key.encode()).hexdigest()[:16]
+  digest = soundfont.file_digest(path, sample_rate_hz, channels, length=16)
   return cache_dir() / digest / (Path(path).stem + ".wav")
 
 

@@ -136,10 +136,23 @@ def decompress_sf3(src: str | os.PathLike, dst: str | os.PathLike) -> int:
   return count
 
 
+def cache_root() -> Path:
+  """``$XDG_CACHE_HOME/trackformer_jax`` (``~/.cache/...``): what the package keeps made once."""
+  root = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+  return Path(root) / "trackformer_jax"
+
+
+def file_digest(path: str | os.PathLike, *extra, length: int) -> str:
+  """A hex digest of ``path``'s real path, size and modification time (and ``extra``): what
+  names a cached file made from it, so an edited file gets a new one."""
+  stat = os.stat(path)
+  key = ":".join(map(str, (os.path.realpath(path), stat.st_size, stat.st_mtime_ns, *extra)))
+  return hashlib.sha1(key.encode()).hexdigest()[:length]
+
+
 def cache_dir() -> Path:
   """Where decompressed SoundFonts are kept."""
-  root = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-  return Path(root) / "trackformer_jax" / "soundfonts"
+  return cache_root() / "soundfonts"
 
 
 def playable_soundfont(path: str | os.PathLike) -> str:
@@ -147,10 +160,7 @@ def playable_soundfont(path: str | os.PathLike) -> str:
   path = str(path)
   if not path.lower().endswith(".sf3"):
     return path
-  stat = os.stat(path)
-  key = f"{os.path.realpath(path)}:{stat.st_size}:{stat.st_mtime_ns}"
-  digest = hashlib.sha1(key.encode()).hexdigest()[:12]
-  cached = cache_dir() / f"{Path(path).stem}-{digest}.sf2"
+  cached = cache_dir() / f"{Path(path).stem}-{file_digest(path, length=12)}.sf2"
   if not cached.is_file():
     decompress_sf3(path, cached)
   return str(cached)
