@@ -203,6 +203,33 @@ def test_remixed_mixtures_take_each_part_from_a_loud_crop_of_some_song(caplog):
   assert mixed_songs > 40  # most remixed mixtures hold parts of several songs
 
 
+def test_stem_dropout_leaves_out_stems_but_keeps_one_and_the_sums():
+  tracks = [FakeTrack(i) for i in range(5)]
+  dropout = input_pipeline.Augment(remix_stems=True, stem_dropout=0.5)
+  maker = _maker(tracks, with_stems=True, augment=dropout)
+  full = _maker(tracks, with_stems=True, augment=input_pipeline.Augment(remix_stems=True))
+  counts = []
+  for i in range(60):
+    example, whole = maker(i), full(i)
+    stems = example["stems"]  # [2, 4, 1, T]
+    np.testing.assert_allclose(stems.sum(1), example["mixtures"], atol=1e-7)
+    np.testing.assert_array_equal(example["mom"], example["mixtures"].sum(0))
+    kept = np.abs(stems).max(axis=(2, 3)) > 0  # [2, 4]
+    assert kept.any(axis=1).all(), i  # never an empty mixture
+    # A kept stem is the very part the full remix drew; a dropped one is zero.
+    np.testing.assert_array_equal(stems[kept], whole["stems"][kept])
+    counts.extend(kept.sum(axis=1))
+  assert 1.5 < np.mean(counts) < 3.0 and min(counts) == 1 and max(counts) == 4
+  assert np.array_equal(maker(7)["stems"], maker(7)["stems"])  # a pure function of i
+
+
+def test_stem_dropout_is_checked():
+  with pytest.raises(ValueError, match="remix_stems"):
+    input_pipeline.Augment(stem_dropout=0.3)
+  with pytest.raises(ValueError, match=r"\[0, 1\)"):
+    input_pipeline.Augment(remix_stems=True, stem_dropout=1.0)
+
+
 def test_a_remix_reads_one_stem_per_track_beside_its_mixture(tiny_config, tiny_musdb, monkeypatch):
   config = tiny_config(f"musdb:{tiny_musdb}")
   tracks = input_pipeline.open_config_source(config).split("train")

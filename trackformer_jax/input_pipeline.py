@@ -67,6 +67,15 @@ class Augment:
   channel_swap: bool = False
   polarity: bool = False
   remix_stems: bool = False
+  # With remix_stems: the chance that each stem of a remixed mixture is left out (at least
+  # one sounding stem stays), so mixtures hold one to four stems instead of always four.
+  stem_dropout: float = 0.0
+
+  def __post_init__(self):
+    if not 0.0 <= self.stem_dropout < 1.0:
+      raise ValueError(f"config.augment.stem_dropout={self.stem_dropout} must be in [0, 1)")
+    if self.stem_dropout and not self.remix_stems:
+      raise ValueError("config.augment.stem_dropout needs config.augment.remix_stems=True")
 
   @classmethod
   def from_config(cls, augment) -> Augment:
@@ -78,6 +87,7 @@ class Augment:
       channel_swap=bool(augment.get("channel_swap", False)),
       polarity=bool(augment.get("polarity", False)),
       remix_stems=bool(augment.get("remix_stems", False)),
+      stem_dropout=float(augment.get("stem_dropout", 0.0)),
     )
 
 
@@ -165,7 +175,21 @@ class ExampleMaker:
     for k in range(1, len(sources.STEM_NAMES)):
       donor = self._other_track(rng, None)
       parts.append(self._loud_crop(index, 10 * (slot + 1) + k, donor, None, stem=k)[1][1])
-    return track_index, np.stack(parts)
+    stems = np.stack(parts)
+    if self.augment.stem_dropout:
+      stems = self._drop_stems(stems, np.random.default_rng((self.seed, self.host, 6, index, slot)))
+    return track_index, stems
+
+  def _drop_stems(self, stems: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Zero each stem of ``[K, C, T]`` with probability ``stem_dropout``, keeping at least
+    one stem above the silence threshold (a random one when the draw drops them all)."""
+    sounding = np.array([rms_db(stem) >= self.silence_threshold_db for stem in stems])
+    if not sounding.any():
+      return stems
+    keep = (rng.random(len(stems)) >= self.augment.stem_dropout) & sounding
+    if not keep.any():
+      keep[rng.choice(np.flatnonzero(sounding))] = True
+    return stems * keep[:, None, None].astype(stems.dtype)
 
   def _other_track(self, rng: np.random.Generator, avoid_song: str | None, tried=()) -> int:
     """A random track of another song, preferring ones not tried yet."""
