@@ -94,6 +94,8 @@ def get_config() -> ml_collections.ConfigDict:
   config.seed = 0
 
   # Audio-MAE.
-  config.init_from = ""  # workdir of a pre-training run to load the encoder from
+  # A workdir to start from: an Audio-MAE pre-training run (its encoder) or a separator run
+  # of the same model (every parameter: fine-tuning, e.g. runs/quick on one's own folder).
+  config.init_from = ""
   config.mae = ml_collections.ConfigDict(dict(mask_ratio=0.3, span_frames=4, decoder_layers=2))
   return config

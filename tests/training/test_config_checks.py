@@ -70,7 +70,7 @@ IMPOSSIBLE = [
   ({"data": "musdb:"}, "data", "needs a path"),
   ({"data": "musdb:/no/such/folder"}, "data", "/no/such/folder does not exist"),
   ({"data": "folder:/no/such/folder"}, "data", "/no/such/folder does not exist"),
-  ({"init_from": "/no/such/workdir"}, "init_from", "no such pre-training workdir"),
+  ({"init_from": "/no/such/workdir"}, "init_from", "no such workdir"),
   ({"sample_rate_hz": 100}, "sample_rate_hz", "at least 1000"),
   ({"channels": 0}, "channels", "1 (mono) or 2 (stereo)"),
   ({"keep_checkpoints": 0}, "keep_checkpoints", "at least 1"),

@@ -410,3 +410,27 @@ def test_resuming_as_another_model_is_refused_by_field(tiny_musdb, tmp_path):
   assert "\n" not in message and message.startswith(f"{tmp_path}: ")
   assert f"model.hop {saved.model.hop} -> {other.model.hop}" in message
   assert "new --workdir" in message
+
+
+@pytest.mark.slow
+def test_a_run_fine_tunes_from_a_separator_run_and_refuses_another_model(tiny_musdb, tmp_path):
+  config = load_test_config(f"musdb:{tiny_musdb}")
+  first = train.train_and_evaluate(config, tmp_path / "first")
+  tuned = load_test_config(f"musdb:{tiny_musdb}", init_from=str(tmp_path / "first"))
+  tuned.seed = 1  # another stream and initialisation: the start must still be the first run's
+  state = train.train_and_evaluate(tuned, tmp_path / "tuned", stop_after_step=0)
+  assert int(state.step) == 0
+  assert_trees_equal(state.params, first.params)
+  # Its step-0 validation is the first run's last one: the same weights on the same clips.
+  train.train_and_evaluate(tuned, tmp_path / "one_step", stop_after_step=1)
+  before = {r["step"]: r for r in read_metrics(tmp_path / "first") if "eval/mixit_loss" in r}
+  after = {r["step"]: r for r in read_metrics(tmp_path / "one_step") if "eval/mixit_loss" in r}
+  np.testing.assert_allclose(after[0]["eval/mixit_loss"], before[20]["eval/mixit_loss"], rtol=1e-5)
+
+  other = load_test_config(f"musdb:{tiny_musdb}", init_from=str(tmp_path / "first"))
+  other.model.hop = config.model.hop * 2  # the same parameter shapes, another model
+  with pytest.raises(checkpoints.CheckpointError) as error:
+    train.train_and_evaluate(other, tmp_path / "other", stop_after_step=0)
+  message = str(error.value)
+  assert "\n" not in message and "init_from" in message
+  assert f"model.hop {config.model.hop} -> {other.model.hop}" in message

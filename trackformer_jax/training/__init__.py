@@ -6,7 +6,7 @@ state.py          TrainState, optimiser, mesh, sharded batches, apply_gradients
 steps.py          train_step / eval_step of the configured task, compiled on the mesh
 workdir.py        the workdir lock, write probe, free-space and same-model checks
 writers.py        metrics.jsonl and TensorBoard writers, peak memory
-transfer.py       transfer_encoder: Audio-MAE weights into a fresh separator
+transfer.py       initial_params: Audio-MAE's encoder, or a separator to fine-tune
 loop.py           train_and_evaluate: restore, step, log, evaluate, checkpoint
 recipe.py         train_recipe: Audio-MAE pre-training first where a config has a recipe
 config_files.py   load_config("perf:30") for configs/, segment_samples

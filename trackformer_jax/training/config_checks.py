@@ -102,9 +102,9 @@ def validate_config(config: ml_collections.ConfigDict, num_devices: int | None =
     or pathlib.Path(init_from).is_dir()
     or config.get("pretrain") is not None,
     "init_from",
-    "no such pre-training workdir; pre-train first with "
-    "`python -m trackformer_jax.main --config=configs/mae_pretrain.py`, or train from "
-    "scratch with the *_nomae twin (or --config.init_from='')",
+    "no such workdir (an Audio-MAE pre-training run, or a separator run to fine-tune); "
+    "pre-train first with `python -m trackformer_jax.main --config=configs/mae_pretrain.py`, "
+    "or train from scratch with the *_nomae twin (or --config.init_from='')",
   )
 
 

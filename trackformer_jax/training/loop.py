@@ -97,8 +97,9 @@ def _restore_or_init(config, workdir, abstract_state, model, optimizer, mesh, ma
     return state, True
   state = state_lib.init_train_state(config, model, optimizer, mesh)
   if config.get("init_from", ""):
-    # Audio-MAE weights into the fresh params; Adam's moments start at zero either way.
-    params = transfer.transfer_encoder(state.params, config)
+    # Audio-MAE's encoder or a whole separator into the fresh params; Adam's moments start
+    # at zero either way.
+    params = transfer.initial_params(state.params, config)
     # The average starts from the transferred weights too, not from the random ones.
     ema = None if state.ema_params is None else params
     state = state.replace(params=params, ema_params=ema)

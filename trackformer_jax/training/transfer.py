@@ -1,4 +1,9 @@
-"""Audio-MAE weights into a MixIT separator: what ``--config.init_from=<workdir>`` does.
+"""Weights from another run into a fresh separator: what ``--config.init_from=<workdir>`` does.
+
+``initial_params`` looks at the run in ``init_from``: an Audio-MAE pre-training run gives the
+separator its encoder (``transfer_encoder``), a separator run (MixIT or semi-supervised, the
+same model) gives it every parameter (``transfer_separator``: fine-tuning, e.g. the
+quickstart's model on a folder of one's own songs).
 
 ``transfer_encoder`` restores the pre-training run's ``encoder``, ``input_projection``,
 ``positional_conv`` and ``transformer`` subtrees through an orbax partial restore (the
@@ -20,6 +25,7 @@ from flax import traverse_util
 
 from trackformer_jax import checkpoints
 from trackformer_jax.models import mae as mae_lib
+from trackformer_jax.training import workdir as workdir_lib
 
 # Config fields that change what the transferred weights compute without changing their
 # shapes (or change shapes in ways a name-by-name check reports less clearly).
@@ -34,6 +40,8 @@ _MATCHING_FIELDS = (
   "model.feature_seed",
 )
 PRETRAIN_COMMAND = "python -m trackformer_jax.main --config=configs/mae_pretrain.py"
+# Tasks whose runs hold a whole separator (the same model, another objective).
+SEPARATOR_TASKS = ("mixit", "semisupervised")
 
 
 def _field(config: ml_collections.ConfigDict, dotted: str) -> Any:
@@ -137,3 +145,75 @@ def transfer_encoder(
     step,
   )
   return traverse_util.unflatten_dict(merged, sep="/")
+
+
+def initial_params(params: Any, config: ml_collections.ConfigDict) -> Any:
+  """``params`` with what ``config.init_from``'s run offers: an Audio-MAE run's encoder (its
+  best step), or a separator run's every parameter (its latest step)."""
+  try:
+    task = checkpoints.read_config(pathlib.Path(config.init_from)).get("task", "mixit")
+  except checkpoints.CheckpointError:
+    task = "mae"  # transfer_encoder says what is missing, with the pre-training command
+  if task in SEPARATOR_TASKS:
+    return transfer_separator(params, config)
+  return transfer_encoder(params, config)
+
+
+def transfer_separator(
+  params: Any, config: ml_collections.ConfigDict, which: str | int = "latest"
+) -> Any:
+  """Every parameter of the separator trained in ``config.init_from`` (fine-tuning).
+
+  The run must be the same model: ``model``, ``sample_rate_hz`` and ``channels`` as this
+  config's (``training.workdir.model_changes``), and the same parameter tree. Returns arrays
+  with the shardings of ``params``.
+
+  Raises:
+    checkpoints.CheckpointError naming the workdir: no checkpoint, another model, another tree.
+  """
+  workdir = pathlib.Path(config.init_from)
+  where = f"config.init_from = {str(workdir)!r}"
+  saved_config = checkpoints.read_config(workdir)
+  changes = workdir_lib.model_changes(
+    saved_config.to_dict(), config, fields=("model", "sample_rate_hz", "channels")
+  )
+  if changes:
+    raise checkpoints.CheckpointError(
+      f"{where}: trained as another model ({'; '.join(changes[:4])}"
+      f"{'; …' if len(changes) > 4 else ''}); fine-tuning keeps the model as it is"
+    )
+  manager = checkpoints.create_manager(workdir, read_only=True)
+  try:
+    try:
+      step = checkpoints.choose_step(manager, which)
+    except checkpoints.CheckpointError as error:
+      raise checkpoints.CheckpointError(f"{where}: {error}") from None
+    params_dir = pathlib.Path(manager.directory) / str(step) / "params"
+    saved = _flatten_metadata(ocp.PyTreeCheckpointer().metadata(params_dir).item_metadata)
+    ours = traverse_util.flatten_dict(dict(params), sep="/")
+    if set(saved) != set(ours):
+      missing, extra = sorted(set(ours) - set(saved)), sorted(set(saved) - set(ours))
+      raise checkpoints.CheckpointError(
+        f"{where}: step {step}'s parameters are not this separator's (missing {missing[:3]}, "
+        f"extra {extra[:3]})"
+      )
+    for path, leaf in ours.items():
+      if tuple(saved[path].shape) != tuple(leaf.shape):
+        raise checkpoints.CheckpointError(
+          f"{where}: {path} is {tuple(saved[path].shape)} in step {step}, the separator's is "
+          f"{tuple(leaf.shape)}"
+        )
+    target = jax.tree.map(
+      lambda leaf: jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, sharding=leaf.sharding),
+      dict(params),
+    )
+    restored = ocp.PyTreeCheckpointer().restore(
+      params_dir,
+      args=ocp.args.PyTreeRestore(
+        item=target, restore_args=ocp.checkpoint_utils.construct_restore_args(target)
+      ),
+    )
+  finally:
+    manager.close()
+  logging.info("initialised every parameter from %s step %d", workdir, step)
+  return restored

@@ -52,6 +52,26 @@ def prepare_workdir(workdir: pathlib.Path) -> None:
 MODEL_FIELDS = ("task", "model", "sample_rate_hz", "channels")
 
 
+def model_changes(saved: dict, config: ml_collections.ConfigDict, fields=MODEL_FIELDS) -> list[str]:
+  """``"field old -> new"`` for each of ``fields`` (dotted leaves) where ``config`` differs
+  from ``saved`` (a run's config.json as a dict). Fields on one side only are left alone: a
+  field added to the code since the run started takes a default that keeps the old
+  behaviour."""
+  # Through JSON as config.json was written, so tuples compare as the lists saved there.
+  now = json.loads(json.dumps(config.to_dict(), default=list))
+  before = flax.traverse_util.flatten_dict(
+    {name: saved[name] for name in fields if name in saved}, sep="."
+  )
+  after = flax.traverse_util.flatten_dict(
+    {name: now[name] for name in fields if name in now}, sep="."
+  )
+  return [
+    f"{key} {before[key]!r} -> {after[key]!r}"
+    for key in sorted(set(before) & set(after))
+    if before[key] != after[key]
+  ]
+
+
 def check_same_model(workdir: pathlib.Path, config: ml_collections.ConfigDict) -> None:
   """Refuses to resume checkpoints trained as another model.
 
@@ -62,21 +82,7 @@ def check_same_model(workdir: pathlib.Path, config: ml_collections.ConfigDict) -
     saved = checkpoints.read_config(workdir).to_dict()
   except checkpoints.CheckpointError:
     return  # a missing or unreadable config.json is rewritten below; the checkpoints decide
-  # Through JSON as config.json was written, so tuples compare as the lists saved there.
-  now = json.loads(json.dumps(config.to_dict(), default=list))
-  before = flax.traverse_util.flatten_dict(
-    {name: saved[name] for name in MODEL_FIELDS if name in saved}, sep="."
-  )
-  after = flax.traverse_util.flatten_dict(
-    {name: now[name] for name in MODEL_FIELDS if name in now}, sep="."
-  )
-  # Fields on one side only are left alone: a field added to the code since the run started
-  # takes a default that keeps the old behaviour, and must not lock its workdir.
-  changed = [
-    f"{key} {before[key]!r} -> {after[key]!r}"
-    for key in sorted(set(before) & set(after))
-    if before[key] != after[key]
-  ]
+  changed = model_changes(saved, config)
   if changed:
     raise WorkdirError(
       f"{workdir}: its checkpoints were trained as another model ({'; '.join(changed[:4])}"
