@@ -19,6 +19,7 @@ def get_config():
   config.task = "semisupervised"
   # Its labelled songs stay whole, as it was measured (docs/music.md); remixing them is untried.
   config.augment.remix_stems = False
+  config.augment.stem_dropout = 0.0
   config.supervised = ml_collections.ConfigDict(
     dict(
       data="bundled",  # a source with stems

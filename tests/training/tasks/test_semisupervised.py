@@ -87,10 +87,12 @@ def test_the_semisupervised_config_is_quick_py_with_a_labelled_source():
   config, base = semi_file.get_config(), quick.get_config()
   assert config.task == "semisupervised" and config.supervised.data == "bundled"
   config_checks.validate_config(config, num_devices=jax.device_count())
-  # Its labelled songs stay whole, as it was measured; quick.py remixes them.
+  # Its labelled songs stay whole, as it was measured; quick.py remixes them, leaving stems out.
   assert base.augment.remix_stems and not config.augment.remix_stems
+  assert base.augment.stem_dropout and not config.augment.stem_dropout
   del config.task, config.supervised, base.task
   base.augment.remix_stems = False
+  base.augment.stem_dropout = 0.0
   assert config.to_dict() == base.to_dict()
 
 
