@@ -200,9 +200,15 @@ def _train_holding_lock(
     if stop is not None and stop.is_set():
       stop_here()  # while compiling, before the first evaluation
     if not resumed and start_step < last_step:
-      # The untrained control: the first point of the curve, and what training must beat.
+      # The starting point of the curve, and what training must beat: the untrained control,
+      # or the weights a fine-tuning run starts from.
       logging.info(
-        "eval step %d: scoring the untrained control on %d batches", start_step, len(validation)
+        "eval step %d: scoring %s on %d batches",
+        start_step,
+        f"the weights of {config.init_from}"
+        if config.get("init_from", "")
+        else "the untrained control",
+        len(validation),
       )
       with progress.timed("eval"):
         run_eval(start_step)
