@@ -223,13 +223,6 @@ def test_stem_dropout_leaves_out_stems_but_keeps_one_and_the_sums():
   assert np.array_equal(maker(7)["stems"], maker(7)["stems"])  # a pure function of i
 
 
-def test_stem_dropout_is_checked():
-  with pytest.raises(ValueError, match="remix_stems"):
-    input_pipeline.Augment(stem_dropout=0.3)
-  with pytest.raises(ValueError, match=r"\[0, 1\)"):
-    input_pipeline.Augment(remix_stems=True, stem_dropout=1.0)
-
-
 def test_a_remix_reads_one_stem_per_track_beside_its_mixture(tiny_config, tiny_musdb, monkeypatch):
   config = tiny_config(f"musdb:{tiny_musdb}")
   tracks = input_pipeline.open_config_source(config).split("train")

@@ -75,6 +75,8 @@ IMPOSSIBLE = [
   ({"channels": 0}, "channels", "1 (mono) or 2 (stereo)"),
   ({"keep_checkpoints": 0}, "keep_checkpoints", "at least 1"),
   ({"sparsity_kind": "l0"}, "sparsity_kind", "expected one of"),
+  ({"augment__stem_dropout": 1.0}, "augment.stem_dropout", "must be in [0, 1)"),
+  ({"augment__stem_dropout": 0.5}, "augment.stem_dropout", "needs config.augment.remix_stems"),
 ]
 
 

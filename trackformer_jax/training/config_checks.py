@@ -65,6 +65,17 @@ def validate_config(config: ml_collections.ConfigDict, num_devices: int | None =
   need(number("sample_rate_hz") >= 1000, "sample_rate_hz", "must be at least 1000")
   need(config.channels in (1, 2), "channels", "must be 1 (mono) or 2 (stereo)")
   need(number("segment_seconds") > 0, "segment_seconds", "must be positive")
+  if config.get("augment") is not None and config.augment.get("stem_dropout", 0.0):
+    need(
+      0 <= number("augment.stem_dropout") < 1,
+      "augment.stem_dropout",
+      "must be in [0, 1) (0 leaves no stem out)",
+    )
+    need(
+      bool(config.augment.get("remix_stems", False)),
+      "augment.stem_dropout",
+      "leaves out stems of remixed mixtures: needs config.augment.remix_stems = True",
+    )
   _validate_data_spec(config.data)
   need(number("model.num_outputs") >= 2, "model.num_outputs", "MixIT needs at least 2 outputs")
   from trackformer_jax import models
