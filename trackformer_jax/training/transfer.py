@@ -61,6 +61,48 @@ def _flatten_metadata(tree: Any, prefix: str = "") -> dict[str, Any]:
   return flat
 
 
+def _restore_checked(
+  params_dir: pathlib.Path, wanted: dict[str, Any], where: str, step: int, *, whole: bool
+) -> dict[str, Any]:
+  """``{"a/b/c": array}``: the arrays of ``wanted`` (flat paths -> the separator's leaves)
+  read from a step's ``params`` folder, each with its leaf's shape, dtype and sharding.
+
+  Every path must be saved with the leaf's shape; with ``whole`` the step must hold no other
+  parameter either (the same tree). Only the listed arrays are read (a partial restore).
+  """
+  saved = _flatten_metadata(ocp.PyTreeCheckpointer().metadata(params_dir).item_metadata)
+  if whole and set(saved) != set(wanted):
+    missing, extra = sorted(set(wanted) - set(saved)), sorted(set(saved) - set(wanted))
+    raise checkpoints.CheckpointError(
+      f"{where}: step {step}'s parameters are not this separator's (missing {missing[:3]}, "
+      f"extra {extra[:3]})"
+    )
+  for path, leaf in wanted.items():
+    if path not in saved:
+      raise checkpoints.CheckpointError(f"{where}: step {step} has no parameter {path}")
+    if tuple(saved[path].shape) != tuple(leaf.shape):
+      raise checkpoints.CheckpointError(
+        f"{where}: {path} is {tuple(saved[path].shape)} in step {step}, the separator's is "
+        f"{tuple(leaf.shape)}"
+      )
+  target = traverse_util.unflatten_dict(
+    {
+      path: jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, sharding=leaf.sharding)
+      for path, leaf in wanted.items()
+    },
+    sep="/",
+  )
+  restored = ocp.PyTreeCheckpointer().restore(
+    params_dir,
+    args=ocp.args.PyTreeRestore(
+      item=target,
+      restore_args=ocp.checkpoint_utils.construct_restore_args(target),
+      partial_restore=True,
+    ),
+  )
+  return traverse_util.flatten_dict(restored, sep="/")
+
+
 def transfer_encoder(
   params: Any, config: ml_collections.ConfigDict, which: str | int = "best"
 ) -> Any:
@@ -105,39 +147,15 @@ def transfer_encoder(
         f"{where}: {error}; run `{PRETRAIN_COMMAND} --workdir={workdir}` first"
       ) from None
     params_dir = pathlib.Path(manager.directory) / str(step) / "params"
-    saved = _flatten_metadata(ocp.PyTreeCheckpointer().metadata(params_dir).item_metadata)
     ours = traverse_util.flatten_dict(dict(params), sep="/")
     wanted = {
       path: leaf for path, leaf in ours.items() if path.split("/")[0] in mae_lib.ENCODER_SUBTREES
     }
-    for path, leaf in wanted.items():
-      if path not in saved:
-        raise checkpoints.CheckpointError(f"{where}: step {step} has no parameter {path}")
-      if tuple(saved[path].shape) != tuple(leaf.shape):
-        raise checkpoints.CheckpointError(
-          f"{where}: {path} is {tuple(saved[path].shape)} in step {step}, the separator's is "
-          f"{tuple(leaf.shape)}"
-        )
-    target = traverse_util.unflatten_dict(
-      {
-        path: jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, sharding=leaf.sharding)
-        for path, leaf in wanted.items()
-      },
-      sep="/",
-    )
-    # A partial restore: only the listed arrays are read from the step's ``params`` item.
-    restored = ocp.PyTreeCheckpointer().restore(
-      params_dir,
-      args=ocp.args.PyTreeRestore(
-        item=target,
-        restore_args=ocp.checkpoint_utils.construct_restore_args(target),
-        partial_restore=True,
-      ),
-    )
+    restored = _restore_checked(params_dir, wanted, where, step, whole=False)
   finally:
     manager.close()
   merged = dict(ours)
-  merged.update(traverse_util.flatten_dict(restored, sep="/"))
+  merged.update(restored)
   logging.info(
     "initialised %s from %s step %d",
     ", ".join(sorted({path.split("/")[0] for path in wanted})),
@@ -189,31 +207,9 @@ def transfer_separator(
     except checkpoints.CheckpointError as error:
       raise checkpoints.CheckpointError(f"{where}: {error}") from None
     params_dir = pathlib.Path(manager.directory) / str(step) / "params"
-    saved = _flatten_metadata(ocp.PyTreeCheckpointer().metadata(params_dir).item_metadata)
     ours = traverse_util.flatten_dict(dict(params), sep="/")
-    if set(saved) != set(ours):
-      missing, extra = sorted(set(ours) - set(saved)), sorted(set(saved) - set(ours))
-      raise checkpoints.CheckpointError(
-        f"{where}: step {step}'s parameters are not this separator's (missing {missing[:3]}, "
-        f"extra {extra[:3]})"
-      )
-    for path, leaf in ours.items():
-      if tuple(saved[path].shape) != tuple(leaf.shape):
-        raise checkpoints.CheckpointError(
-          f"{where}: {path} is {tuple(saved[path].shape)} in step {step}, the separator's is "
-          f"{tuple(leaf.shape)}"
-        )
-    target = jax.tree.map(
-      lambda leaf: jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, sharding=leaf.sharding),
-      dict(params),
-    )
-    restored = ocp.PyTreeCheckpointer().restore(
-      params_dir,
-      args=ocp.args.PyTreeRestore(
-        item=target, restore_args=ocp.checkpoint_utils.construct_restore_args(target)
-      ),
-    )
+    restored = _restore_checked(params_dir, ours, where, step, whole=True)
   finally:
     manager.close()
   logging.info("initialised every parameter from %s step %d", workdir, step)
-  return restored
+  return traverse_util.unflatten_dict(restored, sep="/")
