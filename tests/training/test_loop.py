@@ -415,12 +415,17 @@ def test_resuming_as_another_model_is_refused_by_field(tiny_musdb, tmp_path):
 @pytest.mark.slow
 def test_a_run_fine_tunes_from_a_separator_run_and_refuses_another_model(tiny_musdb, tmp_path):
   config = load_test_config(f"musdb:{tiny_musdb}")
+  config.ema_decay = 0.9  # the first run evaluates its moving average: fine-tuning starts there
   first = train.train_and_evaluate(config, tmp_path / "first")
   tuned = load_test_config(f"musdb:{tiny_musdb}", init_from=str(tmp_path / "first"))
   tuned.seed = 1  # another stream and initialisation: the start must still be the first run's
   state = train.train_and_evaluate(tuned, tmp_path / "tuned", stop_after_step=0)
   assert int(state.step) == 0
-  assert_trees_equal(state.params, first.params)
+  assert_trees_equal(state.params, first.ema_params)
+  assert not all(
+    np.array_equal(a, b)
+    for a, b in zip(jax.tree.leaves(first.params), jax.tree.leaves(first.ema_params))
+  )
   # Its step-0 validation is the first run's last one: the same weights on the same clips.
   train.train_and_evaluate(tuned, tmp_path / "one_step", stop_after_step=1)
   before = {r["step"]: r for r in read_metrics(tmp_path / "first") if "eval/mixit_loss" in r}

@@ -183,8 +183,10 @@ def transfer_separator(
   """Every parameter of the separator trained in ``config.init_from`` (fine-tuning).
 
   The run must be the same model: ``model``, ``sample_rate_hz`` and ``channels`` as this
-  config's (``training.workdir.model_changes``), and the same parameter tree. Returns arrays
-  with the shardings of ``params``.
+  config's (``training.workdir.model_changes``), and the same parameter tree. The step's
+  moving average is read where the run kept one (``ema_params``: what it evaluated, what
+  ``separate`` loads), its raw ``params`` otherwise. Returns arrays with the shardings of
+  ``params``.
 
   Raises:
     checkpoints.CheckpointError naming the workdir: no checkpoint, another model, another tree.
@@ -206,10 +208,12 @@ def transfer_separator(
       step = checkpoints.choose_step(manager, which)
     except checkpoints.CheckpointError as error:
       raise checkpoints.CheckpointError(f"{where}: {error}") from None
-    params_dir = pathlib.Path(manager.directory) / str(step) / "params"
+    # The moving average where the run kept one: the weights it evaluated and exported.
+    step_dir = pathlib.Path(manager.directory) / str(step)
+    item = "ema_params" if (step_dir / "ema_params").is_dir() else "params"
     ours = traverse_util.flatten_dict(dict(params), sep="/")
-    restored = _restore_checked(params_dir, ours, where, step, whole=True)
+    restored = _restore_checked(step_dir / item, ours, where, step, whole=True)
   finally:
     manager.close()
-  logging.info("initialised every parameter from %s step %d", workdir, step)
+  logging.info("initialised every parameter from %s step %d (%s)", workdir, step, item)
   return traverse_util.unflatten_dict(restored, sep="/")
