@@ -1,8 +1,9 @@
-"""A longer CPU recipe: about two and a half hours of training on 2 cores.
+"""A longer CPU recipe: about two hours of training on 2 cores (1.2 steps/s measured).
 
 quick.py widened and deepened (6 layers of width 192 instead of 4 of 128), on 3 s segments,
-trained five times as long, with a moving average of the weights. Same corpus (``bundled``),
-same 16 kHz mono STFT front end, so its outputs are scored exactly as the quickstart's.
+trained 8,000 steps instead of 3,000, with a moving average of the weights. Same corpus
+(``bundled``), same 16 kHz mono STFT front end, so its outputs are scored exactly as the
+quickstart's.
 
   python -m trackformer_jax.main --config=configs/medium.py   # -> runs/medium
 """
@@ -25,7 +26,7 @@ def get_config():
   config.learning_rate = 7e-4
   config.end_learning_rate = 1e-5
   config.warmup_steps = 300
-  config.num_train_steps = 12_000
+  config.num_train_steps = 8_000
   config.ema_decay = 0.999
 
   config.log_every_steps = 100
