@@ -288,6 +288,12 @@ def load_params(
   return config, params
 
 
+def weights_item(step_dir: pathlib.Path, weights: str = "ema") -> str:
+  """The item of a saved step that holds ``weights``: ``ema_params`` for "ema" where the run
+  kept a moving average (the weights it evaluated), ``params`` otherwise."""
+  return "ema_params" if weights == "ema" and (step_dir / "ema_params").is_dir() else "params"
+
+
 def load_weights(
   workdir: str | pathlib.Path, which: str | int = "best", weights: str = "ema"
 ) -> tuple[ml_collections.ConfigDict, Any, dict[str, Any]]:
@@ -310,7 +316,7 @@ def load_weights(
   try:
     step = choose_step(manager, which)
     step_dir = pathlib.Path(manager.directory) / str(step)
-    item = "ema_params" if weights == "ema" and (step_dir / "ema_params").is_dir() else "params"
+    item = weights_item(step_dir, weights)
     # The manager itself knows no handler for its items until one is used, so it has no
     # metadata for them; the step's params folder is read directly.
     params_dir = step_dir / item

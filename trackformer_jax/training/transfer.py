@@ -208,9 +208,8 @@ def transfer_separator(
       step = checkpoints.choose_step(manager, which)
     except checkpoints.CheckpointError as error:
       raise checkpoints.CheckpointError(f"{where}: {error}") from None
-    # The moving average where the run kept one: the weights it evaluated and exported.
     step_dir = pathlib.Path(manager.directory) / str(step)
-    item = "ema_params" if (step_dir / "ema_params").is_dir() else "params"
+    item = checkpoints.weights_item(step_dir)
     ours = traverse_util.flatten_dict(dict(params), sep="/")
     restored = _restore_checked(step_dir / item, ours, where, step, whole=True)
   finally:
