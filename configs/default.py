@@ -63,14 +63,7 @@ def get_config() -> ml_collections.ConfigDict:
   # resampled as it is read (data/resampled.py).
   config.resampled_copies = False
   config.augment = ml_collections.ConfigDict(
-    dict(
-      gain_db=(-6.0, 3.0),
-      channel_swap=True,
-      polarity=True,
-      remix_stems=False,
-      stem_dropout=0.0,
-      eq_db=0.0,
-    )
+    dict(gain_db=(-6.0, 3.0), channel_swap=True, polarity=True, remix_stems=False, stem_dropout=0.0)
   )
 
   # Loss.

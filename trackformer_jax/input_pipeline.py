@@ -35,7 +35,6 @@ from collections.abc import Iterator
 
 import jax
 import numpy as np
-import scipy.fft
 import tensorflow as tf
 
 from trackformer_jax import audio
@@ -72,10 +71,6 @@ class Augment:
   # one sounding stem stays), so mixtures hold one to four stems instead of always four.
   # In [0, 1) (training.config_checks); without remix_stems it leaves nothing out.
   stem_dropout: float = 0.0
-  # Each part of a mixture (a stem, or the whole crop where there are no stems) through an
-  # equaliser of its own: a tilt and a bell, each up to this many dB (0: none). Instruments
-  # of one kind sound differently from one recording or sample set to the next.
-  eq_db: float = 0.0
 
   @classmethod
   def from_config(cls, augment) -> Augment:
@@ -88,38 +83,12 @@ class Augment:
       polarity=bool(augment.get("polarity", False)),
       remix_stems=bool(augment.get("remix_stems", False)),
       stem_dropout=float(augment.get("stem_dropout", 0.0)),
-      eq_db=float(augment.get("eq_db", 0.0)),
     )
 
 
 def rms_db(x: np.ndarray) -> float:
   """RMS level of ``x`` in dBFS (-inf-safe)."""
   return 10.0 * math.log10(float(np.mean(np.square(x, dtype=np.float64))) + 1e-20)
-
-
-def random_eq(parts: np.ndarray, rng: np.random.Generator, max_db: float, sample_rate_hz: int):
-  """Each of ``parts`` ``[K, C, T]`` through a random equaliser of its own -> ``[K, C, T]``.
-
-  A part's gain in dB at frequency f is ``a * clip(log2(f / 1 kHz) / 3, -1, 1)`` (a tilt
-  that reaches ``a`` at 8 kHz and ``-a`` at 125 Hz) plus a bell ``b * exp(-(log2(f / fc)
-  / w)^2 / 2)`` with fc log-uniform in 80 Hz .. 8 kHz and w in 0.3 .. 1.5 octaves;
-  ``a, b ~ U(-max_db, max_db)``, drawn per part, the same on every channel. Applied by one
-  real FFT over the whole crop (zero-phase), so a stem of silence stays silence.
-  """
-  num_frames = parts.shape[-1]
-  freqs = np.fft.rfftfreq(num_frames, 1.0 / sample_rate_hz).astype(np.float32)
-  octaves = np.log2(np.maximum(freqs, 1.0) / 1000.0)
-  shape = (len(parts), 1)
-  tilt, bell = rng.uniform(-max_db, max_db, size=(2, *shape))
-  centre = rng.uniform(math.log2(80.0 / 1000.0), math.log2(8000.0 / 1000.0), shape)
-  width = rng.uniform(0.3, 1.5, shape)
-  gain_db = tilt * np.clip(octaves / 3.0, -1.0, 1.0)
-  gain_db = gain_db + bell * np.exp(-0.5 * np.square((octaves - centre) / width))
-  gain = np.power(10.0, gain_db / 20.0).astype(np.float32)
-  # scipy's FFT keeps float32 (numpy's computes in float64): 4x faster on 2 s crops, and the
-  # pipeline's CPU time is the training step's on a 2-core machine.
-  spectra = scipy.fft.rfft(parts.astype(np.float32, copy=False), axis=-1) * gain[:, None, :]
-  return scipy.fft.irfft(spectra, n=num_frames, axis=-1).astype(np.float32, copy=False)
 
 
 @functools.lru_cache(maxsize=8)
@@ -141,7 +110,6 @@ class ExampleMaker:
   augment: Augment
   with_stems: bool  # read stems (the source has them) and put them in the example
   remix_only: bool = False  # read stems only to remix them; the example has no "stems"
-  sample_rate_hz: int = 16000  # the crops' rate (what augment.eq_db's frequencies mean)
 
   def track_at(self, position: int) -> int:
     """Shuffle + repeat: a fresh seeded order of the tracks for every epoch."""
@@ -252,9 +220,6 @@ class ExampleMaker:
       else:
         track_index, crop = self._loud_crop(index, slot, track_index, first_song)
       first_song = self.tracks[track_index].song_id
-      if self.augment.eq_db:
-        rng = np.random.default_rng((self.seed, self.host, 7, index, slot))
-        crop = random_eq(crop, rng, self.augment.eq_db, self.sample_rate_hz)
       rng = np.random.default_rng((self.seed, self.host, 5, index, slot))
       parts.append(self._augment(crop, rng))
     parts = np.stack(parts)  # [2, K, C, T]
@@ -353,7 +318,6 @@ def train_batches(
     augment=augment,
     with_stems=read_stems,
     remix_only=read_stems and not output_stems,
-    sample_rate_hz=int(config.sample_rate_hz),
   )
   indices = tf.data.Dataset.range(int(start_step) * batch_size, np.iinfo(np.int64).max)
   return _dataset(maker, indices, batch_size, drop_remainder=True).as_numpy_iterator()

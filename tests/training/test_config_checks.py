@@ -77,7 +77,6 @@ IMPOSSIBLE = [
   ({"sparsity_kind": "l0"}, "sparsity_kind", "expected one of"),
   ({"augment__stem_dropout": 1.0}, "augment.stem_dropout", "must be in [0, 1)"),
   ({"augment__stem_dropout": 0.5}, "augment.stem_dropout", "needs config.augment.remix_stems"),
-  ({"augment__eq_db": -3.0}, "augment.eq_db", "must be in [0, 24] dB"),
 ]
 
 

@@ -76,12 +76,6 @@ def validate_config(config: ml_collections.ConfigDict, num_devices: int | None =
       "augment.stem_dropout",
       "leaves out stems of remixed mixtures: needs config.augment.remix_stems = True",
     )
-  if config.get("augment") is not None and config.augment.get("eq_db", 0.0):
-    need(
-      0 <= number("augment.eq_db") <= 24,
-      "augment.eq_db",
-      "must be in [0, 24] dB (0: no equaliser)",
-    )
   _validate_data_spec(config.data)
   need(number("model.num_outputs") >= 2, "model.num_outputs", "MixIT needs at least 2 outputs")
   from trackformer_jax import models
