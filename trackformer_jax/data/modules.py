@@ -42,7 +42,7 @@ has the rules); the assignment is per module (the same for all its excerpts) and
 20 % (``render.split_of_song``), so no module is in both splits; ``meta.json``'s ``song`` is
 ``<package>/<file>`` for all its excerpts. ``meta.json`` is written last and marks a
 finished track: rerunning skips finished tracks. Modules from the packages reserved for
-evaluation (``RESERVED_PACKAGES``) are refused.
+evaluation (``data.reserved``) are refused.
 
 Command line::
 
@@ -56,7 +56,6 @@ import argparse
 import hashlib
 import json
 import os
-import subprocess
 import sys
 from pathlib import Path
 
@@ -69,6 +68,7 @@ from trackformer_jax.data.instruments import (
   merge_features,
   sound_features,
 )
+from trackformer_jax.data.reserved import is_reserved, packages_of
 
 SAMPLE_RATE_HZ = openmpt.SAMPLE_RATE_HZ
 STEM_NAMES = multitrack.STEM_NAMES
@@ -93,18 +93,6 @@ DEFAULT_DIRS = {
   "/usr/share/games/biniax2/music": "biniax2-data",
   "/usr/share/games/bomberclone/music": "bomberclone-data",
 }
-# Music reserved for evaluation (issue 23): never rendered into a training corpus.
-RESERVED_PACKAGES = (
-  "openttd-openmsx",
-  "simutrans-data",
-  "freedink-data",
-  "planetblupi-music-midi",
-  "fretsonfire-songs-",
-  "plee-the-bear-data",
-  "python3-pyglet",
-  "minuet-data",
-  "opl3-soundfont",
-)
 
 
 class ModuleError(RuntimeError):
@@ -140,32 +128,6 @@ def find_modules(dirs) -> list[str]:
     for root, _, files in os.walk(d):
       found += [os.path.join(root, f) for f in files if f.lower().endswith(EXTENSIONS)]
   return sorted(found)
-
-
-def packages_of(paths: list[str]) -> dict[str, str]:
-  """The Debian package owning each path (``dpkg-query -S``); paths of none are absent."""
-  owners = {}
-  if not paths:
-    return owners
-  try:
-    done = subprocess.run(
-      ["dpkg-query", "-S", *[os.path.realpath(p) for p in paths]],
-      capture_output=True,
-      text=True,
-      check=False,
-    )
-  except OSError:
-    return owners
-  real = {os.path.realpath(p): p for p in paths}
-  for line in done.stdout.splitlines():
-    package, _, path = line.partition(": ")
-    if path in real and "," not in package:
-      owners[real[path]] = package.split(":")[0]
-  return owners
-
-
-def is_reserved(package: str | None) -> bool:
-  return bool(package) and any(package.startswith(r) for r in RESERVED_PACKAGES)
 
 
 def sum_check(parts: np.ndarray, full: np.ndarray) -> dict:

@@ -52,7 +52,7 @@ from pathlib import Path
 
 import numpy as np
 
-from trackformer_jax.data import multitrack
+from trackformer_jax.data import multitrack, reserved
 from trackformer_jax.data import soundfont as soundfont_files
 
 SAMPLE_RATE_HZ = multitrack.SAMPLE_RATE_HZ
@@ -423,14 +423,16 @@ def render_track(
 def prepare_corpus(out_dir, tracks: int, seconds: float, seed: int, soundfont, only_split):
   """What a FluidSynth corpus render checks and sets up before its workers start.
 
-  Refuses a bad ``only_split``, size or SoundFont, creates ``out_dir``, refuses one rendered
-  with other settings (``check_settings``) and decompresses each .sf3 once (about 10 s for
-  a 34 MB file). Returns ``(soundfonts, font_files)``: the SoundFont names, and the file
-  FluidSynth loads for each.
+  Refuses a bad ``only_split``, size or SoundFont (a missing one, or one reserved for
+  evaluation in a render with a train split: ``data.reserved``), creates ``out_dir``,
+  refuses one rendered with other settings (``check_settings``) and decompresses each .sf3
+  once (about 10 s for a 34 MB file). Returns ``(soundfonts, font_files)``: the SoundFont
+  names, and the file FluidSynth loads for each.
   """
   if only_split not in (None, "train", "test"):
     raise ValueError(f"only_split must be 'train' or 'test', got {only_split!r}")
   soundfonts = multitrack.check_soundfonts(soundfont)
+  reserved.refuse_reserved_soundfonts(soundfonts, only_split)
   if tracks < 1 or seconds <= 0:
     raise ValueError(f"need tracks >= 1 and seconds > 0, got {tracks}, {seconds}")
   os.makedirs(out_dir, exist_ok=True)
